@@ -1,0 +1,93 @@
+"""Datasets of tasks: JSONL or Parquet rows turned into :class:`~agentrl.envs.Task` records.
+
+``--input-key``, ``--label-key`` and ``--metadata-key`` (slime's names) say which field of a row
+becomes the task's prompt, label and metadata. A malformed row is reported with its file and
+line (or row) number and nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentrl.envs.core import Task
+from agentrl.errors import DataError
+
+
+@dataclass(frozen=True)
+class TaskKeys:
+    """Which row fields become the task's prompt, label and metadata (slime's flag names).
+
+    Attributes:
+        input_key: field holding the prompt (a string or a list of chat messages); required.
+        label_key: field holding the reference answer; ``None`` means the data has no labels.
+        metadata_key: field holding a JSON object of extra data; optional in each row.
+    """
+
+    input_key: str = "input"
+    label_key: str | None = "label"
+    metadata_key: str = "metadata"
+
+
+def load_tasks(path: str | Path, keys: TaskKeys = TaskKeys()) -> list[Task]:
+    """Read every row of a ``.jsonl`` or ``.parquet`` file as a :class:`Task`.
+
+    Raises:
+        DataError: the file is missing, unreadable, empty, or a row is malformed; the message
+            names the file and line (JSONL) or row (Parquet).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+    tasks = [_to_task(row, where, len_so_far, keys) for len_so_far, (where, row) in enumerate(rows)]
+    if not tasks:
+        raise DataError(f"{path}: the file holds no rows")
+    return tasks
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            yield where, row
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+    for i, row in enumerate(table.to_pylist(), start=1):
+        yield f"{path}: row {i}", row
+
+
+def _to_task(row: Any, where: str, index: int, keys: TaskKeys) -> Task:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    prompt = _field(row, keys.input_key, where, "--input-key")
+    if not isinstance(prompt, (str, list)):
+        raise DataError(f"{where}: field {keys.input_key!r} must be a string or a list of messages")
+    label = None if keys.label_key is None else _field(row, keys.label_key, where, "--label-key")
+    metadata = row.get(keys.metadata_key) or {}
+    if not isinstance(metadata, dict):
+        raise DataError(f"{where}: field {keys.metadata_key!r} (--metadata-key) must be an object")
+    return Task(prompt=prompt, label=label, metadata=metadata, index=index)
+
+
+def _field(row: dict[str, Any], key: str, where: str, flag: str) -> Any:
+    if key not in row:
+        present = ", ".join(sorted(row)) or "none"
+        raise DataError(f"{where}: missing field {key!r} (set {flag}); fields present: {present}")
+    return row[key]

@@ -1,0 +1,6 @@
+"""Policies: the inference backends the rollout runner samples from."""
+
+from agentrl.policies.base import Generation, Policy, SamplingParams
+from agentrl.policies.scripted import ScriptedPolicy
+
+__all__ = ["Generation", "Policy", "SamplingParams", "ScriptedPolicy"]

@@ -1,0 +1,283 @@
+"""The rollout runner: many episodes at once, one env instance each, token-exact trajectories.
+
+``RolloutRunner.run(tasks)`` plays ``n_samples_per_prompt`` episodes per task concurrently
+(bounded by ``concurrency``) against a :class:`~agentrl.policies.Policy`. Each episode:
+
+* gets a fresh env from the factory, ``reset`` with a seed derived from (seed, task, sample);
+* alternates ``policy.generate`` on the exact token context and ``env.step`` on the decoded
+  action, with the tokens kept by :class:`~agentrl.rollout.conversation.TokenConversation`;
+* ends with one :class:`~agentrl.rollout.trajectory.Termination` reason, and always closes its
+  env. An env that raises or hangs ends only its own episode (``env_error`` / ``timeout``);
+  an engine failure ends it as ``abort``. A bug in the runner itself is not swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+from agentrl.envs.core import Action, Env, Message, StepResult, Task
+from agentrl.envs.tool_calls import get_tool_parser
+from agentrl.errors import EnvError, EnvTimeoutError, PolicyError
+from agentrl.policies.base import Policy, SamplingParams
+from agentrl.rollout.conversation import BridgeMode, ChatRenderer, TokenConversation
+from agentrl.rollout.trajectory import Termination, Trajectory
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EnvFactory = Callable[[], Env]
+"""Makes a fresh env for one episode, e.g. ``lambda: agentrl.envs.make("agentrl/Math-v0")``."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How episodes are played.
+
+    Attributes:
+        n_samples_per_prompt: episodes per task; they form the task's group.
+        max_new_tokens: token budget of one turn (slime's ``--rollout-max-response-len``).
+        max_context_len: bound on prompt + all turns of a segment; ``None`` leaves it to the engine.
+        max_turns: policy turns per episode before it ends as ``max_turns``; ``None`` for no limit.
+        temperature, top_p, top_k, stop, stop_token_ids: sampling (SGLang's meanings).
+        concurrency: episodes in flight at once.
+        step_timeout_s: limit on one ``env.reset``/``env.step`` call; ``None`` for none.
+        episode_timeout_s: limit on a whole episode, generation included; ``None`` for none.
+        bridge_mode: see :mod:`agentrl.rollout.conversation`.
+        tool_parser: a name in ``agentrl.envs.tool_calls.TOOL_PARSERS`` or ``pkg.module:function``.
+        seed: derives every env seed and sampling seed from (seed, task index, sample index,
+            turn), so a run can be reproduced; ``None`` for unseeded sampling.
+    """
+
+    n_samples_per_prompt: int = 1
+    max_new_tokens: int = 512
+    max_context_len: int | None = None
+    max_turns: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    concurrency: int = 256
+    step_timeout_s: float | None = None
+    episode_timeout_s: float | None = None
+    bridge_mode: BridgeMode = "auto"
+    tool_parser: str = "hermes"
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("n_samples_per_prompt", "max_new_tokens", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RolloutConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_turns is not None and self.max_turns < 1:
+            raise ValueError(f"RolloutConfig.max_turns must be >= 1 or None, got {self.max_turns}")
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A 31-bit seed determined by ``seed`` and ``parts`` (task index, sample index, turn)."""
+    return random.Random("/".join(map(str, (seed, *parts)))).getrandbits(31)
+
+
+@dataclass
+class _Episode:
+    """Mutable state of one episode while it runs."""
+
+    task: Task
+    sample_index: int
+    conversation: TokenConversation | None = None
+    rewards: list[float] = field(default_factory=list)
+    weight_versions: list[int] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    termination: Termination | None = None
+    error: str | None = None
+    turns: int = 0
+    generate_s: float = 0.0
+    env_s: float = 0.0
+
+    def end(self, termination: Termination, error: str | None = None) -> None:
+        self.termination, self.error = termination, error
+
+
+class RolloutRunner:
+    """Plays episodes of one env against one policy. See the module docstring.
+
+    Args:
+        policy: the inference backend.
+        renderer: the chat template (owns the tokenizer).
+        env_factory: makes one env per episode.
+        config: how to play.
+    """
+
+    def __init__(self, policy: Policy, renderer: ChatRenderer, env_factory: EnvFactory, config: RolloutConfig = RolloutConfig()) -> None:
+        self.policy = policy
+        self.renderer = renderer
+        self.env_factory = env_factory
+        self.config = config
+        self.parse_tool_calls = get_tool_parser(config.tool_parser)
+
+    async def run(self, tasks: Iterable[Task], *, progress: bool = True, desc: str = "rollout") -> list[Trajectory]:
+        """Play ``n_samples_per_prompt`` episodes per task; trajectories come back ordered by
+        (task, sample), so consecutive runs of ``n_samples_per_prompt`` form the groups."""
+        jobs = [(t, k) for t in tasks for k in range(self.config.n_samples_per_prompt)]
+        limit = asyncio.Semaphore(self.config.concurrency)
+        bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
+        total_reward, done = 0.0, 0
+
+        async def one(task: Task, k: int) -> Trajectory:
+            nonlocal total_reward, done
+            async with limit:
+                trajectory = await self.run_episode(task, k)
+            total_reward, done = total_reward + trajectory.reward, done + 1
+            bar.set_postfix(reward=f"{total_reward / done:.3f}", refresh=False)
+            bar.update(1)
+            return trajectory
+
+        try:
+            return list(await asyncio.gather(*(one(t, k) for t, k in jobs)))
+        finally:
+            bar.close()
+
+    async def run_episode(self, task: Task, sample_index: int = 0) -> Trajectory:
+        """Play one episode to its end; never raises for env or engine failures."""
+        episode = _Episode(task, sample_index)
+        env = self.env_factory()
+        try:
+            async with asyncio.timeout(self.config.episode_timeout_s):
+                await self._play(env, episode)
+        except TimeoutError:
+            episode.end(Termination.TIMEOUT, f"episode exceeded episode_timeout_s={self.config.episode_timeout_s}")
+        except EnvTimeoutError as e:
+            episode.end(Termination.TIMEOUT, str(e))
+        except EnvError as e:
+            log.warning("episode (task %d, sample %d) ended by an env error: %s", task.index, sample_index, e)
+            episode.end(Termination.ENV_ERROR, str(e))
+        except PolicyError as e:
+            episode.end(Termination.ABORT, str(e))
+        finally:
+            await self._close(env, episode)
+        return self._trajectory(episode)
+
+    async def _play(self, env: Env, episode: _Episode) -> None:
+        cfg = self.config
+        seed = None if cfg.seed is None else derive_seed(cfg.seed, episode.task.index, episode.sample_index)
+        messages = _reset_messages(await self._env_call(env.reset(episode.task, seed=seed), "reset", episode))
+        conversation = episode.conversation = TokenConversation(self.renderer, messages, tools=env.tools, mode=cfg.bridge_mode)
+        for turn in itertools.count():
+            if cfg.max_turns is not None and turn >= cfg.max_turns:
+                return episode.end(Termination.MAX_TURNS)
+            budget = cfg.max_new_tokens
+            if cfg.max_context_len is not None:
+                budget = min(budget, cfg.max_context_len - len(conversation.context_ids))
+                if budget <= 0:
+                    return episode.end(Termination.CONTEXT_LIMIT)
+            sampling = SamplingParams(
+                max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                stop=cfg.stop, stop_token_ids=cfg.stop_token_ids,
+                seed=None if seed is None else derive_seed(seed, turn),
+            )
+            started = time.perf_counter()
+            generation = await self.policy.generate(
+                conversation.context_ids, sampling, rid=f"{episode.task.index}-{episode.sample_index}-{id(episode):x}:{turn}"
+            )
+            episode.generate_s += time.perf_counter() - started
+            if generation.finish_reason == "abort":  # a partial turn is never trained on as complete
+                return episode.end(Termination.ABORT, "the engine aborted the request")
+            text = conversation.add_generation(generation)
+            episode.weight_versions.append(generation.weight_version)
+            episode.turns += 1
+            action = Action(text, self.parse_tool_calls(text), generation.finish_reason)
+            result = _as_step_result(await self._env_call(env.step(action), "step", episode))
+            episode.rewards.append(result.reward)
+            episode.info = result.info
+            if result.terminated:
+                return episode.end(Termination.DONE)
+            if result.truncated:
+                by_turns = result.info.get("truncated_by") == "max_turns"
+                return episode.end(Termination.MAX_TURNS if by_turns else Termination.TRUNCATED)
+            if generation.finish_reason == "length":
+                return episode.end(Termination.LENGTH if budget == cfg.max_new_tokens else Termination.CONTEXT_LIMIT)
+            bridge = conversation.bridge_ids(result.observation)
+            new_len = len(bridge[0]) + (len(conversation.context_ids) if bridge[1] else 0)
+            if cfg.max_context_len is not None and new_len >= cfg.max_context_len:
+                return episode.end(Termination.CONTEXT_LIMIT)
+            conversation.add_observation(result.observation, bridge)
+
+    async def _env_call(self, awaitable: Awaitable[T], what: str, episode: _Episode) -> T:
+        """Await an env call under the step timeout, classifying its failures as env errors."""
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(awaitable, self.config.step_timeout_s)
+        except EnvError:
+            raise
+        except TimeoutError:
+            raise EnvTimeoutError(f"env.{what} took longer than step_timeout_s={self.config.step_timeout_s}") from None
+        except Exception as e:
+            raise EnvError(f"env.{what} raised {type(e).__name__}: {e}") from e
+        finally:
+            episode.env_s += time.perf_counter() - started
+
+    async def _close(self, env: Env, episode: _Episode) -> None:
+        try:
+            await env.close()
+        except Exception as e:  # a failing close must not lose the episode
+            log.warning("env.close raised %s: %s", type(e).__name__, e)
+            episode.info = {**episode.info, "close_error": f"{type(e).__name__}: {e}"}
+
+    def _trajectory(self, episode: _Episode) -> Trajectory:
+        conversation = episode.conversation
+        segments = conversation.segments if conversation else []
+        return Trajectory(
+            task_index=episode.task.index,
+            sample_index=episode.sample_index,
+            segments=segments,
+            messages=conversation.messages if conversation else [],
+            rewards=episode.rewards,
+            termination=episode.termination or Termination.ABORT,
+            weight_versions=episode.weight_versions,
+            label=episode.task.label,
+            metrics={
+                "turns": episode.turns,
+                "segments": len(segments),
+                "prefix_mismatches": conversation.prefix_mismatches if conversation else 0,
+                "sampled_tokens": sum(sum(s.loss_mask) for s in segments),
+                "response_tokens": sum(len(s.response_ids) for s in segments),
+                "generate_s": round(episode.generate_s, 6),
+                "env_s": round(episode.env_s, 6),
+            },
+            info=episode.info,
+            error=episode.error,
+        )
+
+
+def _as_step_result(result: Any) -> StepResult:
+    if not isinstance(result, tuple) or len(result) != 5:
+        raise EnvError(f"env.step must return StepResult(observation, reward, terminated, truncated, info), got {result!r:.200}")
+    observation, reward, terminated, truncated, info = result
+    _check_messages(observation, "env.step")
+    if not isinstance(reward, (int, float)) or isinstance(reward, bool):
+        raise EnvError(f"env.step returned reward {reward!r}; expected a float")
+    if not isinstance(info, dict):
+        raise EnvError(f"env.step returned info of type {type(info).__name__}; expected a dict")
+    return StepResult(list(observation), float(reward), bool(terminated), bool(truncated), info)
+
+
+def _reset_messages(result: Any) -> list[Message]:
+    if not isinstance(result, tuple) or len(result) != 2 or not isinstance(result[1], dict):
+        raise EnvError(f"env.reset must return (messages, info), got {result!r:.200}")
+    _check_messages(result[0], "env.reset")
+    return list(result[0])
+
+
+def _check_messages(messages: Any, where: str) -> None:
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    ):
+        raise EnvError(f"{where} must return a list of messages {{'role': str, 'content': str}}, got {messages!r:.200}")
