@@ -20,13 +20,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from agentrl.envs.core import Message
-from agentrl.rollout.trajectory import Segment
+from agentrl.errors import AgentRLError
 from agentrl.policies.base import Generation
+from agentrl.rollout.trajectory import Segment
 
 BridgeMode = Literal["auto", "append", "segment"]
 
 
-class PrefixMismatchError(RuntimeError):
+class PrefixMismatchError(AgentRLError):
     """In ``append`` mode, the chat template rewrote an earlier part of the conversation."""
 
 
