@@ -1,0 +1,160 @@
+"""From trajectories to packed micro-batches: the data path of a training step.
+
+Strategy: every trajectory segment becomes one :class:`TrainSequence` (its tokens, which
+positions are trained, their advantages and rollout log-probs). Sequences are packed *without
+padding* into micro-batches: concatenated along one row ``[1, T]`` with position ids restarting
+at 0 for each sequence, which the model's attention turns into a block-diagonal causal mask.
+
+Invariants (checked by ``tests/trainers/test_batching.py``):
+  * every sequence lands in exactly one micro-batch, in order, none split;
+  * a micro-batch holds at most ``max_tokens`` tokens, unless it is a single sequence that is
+    longer on its own;
+  * the flat per-token arrays of a micro-batch select exactly the trained positions of its
+    sequences, with the target of position ``i`` being token ``i + 1`` of the same sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from agentrl.rollout.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class TrainSequence:
+    """One token sequence to train on.
+
+    Attributes:
+        token_ids: prompt then response, ``[L]``.
+        prompt_len: number of prompt tokens ``P``; response token ``j`` is ``token_ids[P + j]``.
+        loss_mask: ``[L - P]``, 1 where the response token was sampled by the policy.
+        rollout_logprobs: ``[L - P]``, the engine's log-prob of each response token (0 if masked).
+        advantages: ``[L - P]``, the advantage of each response token.
+        sample_index: which sample (trajectory) of the step this sequence belongs to.
+    """
+
+    token_ids: list[int]
+    prompt_len: int
+    loss_mask: list[int]
+    rollout_logprobs: list[float]
+    advantages: list[float]
+    sample_index: int
+
+    def __post_init__(self) -> None:
+        n = len(self.token_ids) - self.prompt_len
+        lengths = (len(self.loss_mask), len(self.rollout_logprobs), len(self.advantages))
+        if any(length != n for length in lengths):
+            raise ValueError(f"response has {n} tokens but loss_mask/rollout_logprobs/advantages have {lengths}")
+        if self.prompt_len < 1:
+            raise ValueError("a sequence needs at least one prompt token to predict its first response token")
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+def sequences_from_trajectories(trajectories: Sequence[Trajectory], advantages: Sequence[float]) -> list[TrainSequence]:
+    """One :class:`TrainSequence` per segment, with the trajectory's scalar advantage on every
+    response token; ``sample_index`` is the trajectory's position in ``trajectories``."""
+    if len(trajectories) != len(advantages):
+        raise ValueError(f"{len(trajectories)} trajectories but {len(advantages)} advantages")
+    out = []
+    for i, (trajectory, advantage) in enumerate(zip(trajectories, advantages)):
+        for segment in trajectory.segments:
+            if not segment.response_ids:
+                continue
+            out.append(TrainSequence(
+                token_ids=segment.token_ids,
+                prompt_len=len(segment.prompt_ids),
+                loss_mask=list(segment.loss_mask),
+                rollout_logprobs=list(segment.rollout_logprobs),
+                advantages=[float(advantage)] * len(segment.response_ids),
+                sample_index=i,
+            ))
+    return out
+
+
+def pack(lengths: Sequence[int], *, max_tokens: int | None = None, max_sequences: int | None = None) -> list[list[int]]:
+    """Group consecutive sequences (given by their lengths) into micro-batches of at most
+    ``max_tokens`` tokens (dynamic batch size) or ``max_sequences`` sequences (static micro-batch
+    size), keeping order; returns the indices of each micro-batch."""
+    if (max_tokens is None) == (max_sequences is None):
+        raise ValueError("give exactly one of max_tokens and max_sequences")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for i, length in enumerate(lengths):
+        full = len(current) == max_sequences if max_sequences else tokens + length > max_tokens  # type: ignore[operator]
+        if current and full:
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += length
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class MicroBatch:
+    """Tensors of one packed micro-batch.
+
+    Attributes:
+        input_ids: ``[1, T]`` the concatenated sequences.
+        position_ids: ``[1, T]`` positions restarting at 0 for each sequence.
+        pred_index: ``[N]`` positions in ``T`` whose next-token prediction is a response token.
+        targets: ``[N]`` the response token predicted at each of those positions.
+        loss_mask, rollout_logprobs, advantages: ``[N]`` per response token.
+        sample_index: ``[N]`` the step-level sample of each response token.
+        local_index: ``[N]`` the sequence within this micro-batch of each response token.
+    """
+
+    input_ids: Tensor
+    position_ids: Tensor
+    pred_index: Tensor
+    targets: Tensor
+    loss_mask: Tensor
+    rollout_logprobs: Tensor
+    advantages: Tensor
+    sample_index: Tensor
+    local_index: Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.shape[1]
+
+    def to(self, device: torch.device | str) -> MicroBatch:
+        return MicroBatch(**{k: v.to(device) for k, v in vars(self).items()})
+
+
+def collate(sequences: Sequence[TrainSequence]) -> MicroBatch:
+    """Concatenate ``sequences`` into one packed :class:`MicroBatch` (no padding)."""
+    ids, positions, pred, targets, mask, rollout, adv, sample, local = ([] for _ in range(9))
+    offset = 0
+    for k, seq in enumerate(sequences):
+        n_resp = len(seq) - seq.prompt_len
+        ids.extend(seq.token_ids)
+        positions.extend(range(len(seq)))
+        pred.extend(range(offset + seq.prompt_len - 1, offset + len(seq) - 1))
+        targets.extend(seq.token_ids[seq.prompt_len:])
+        mask.extend(seq.loss_mask)
+        rollout.extend(seq.rollout_logprobs)
+        adv.extend(seq.advantages)
+        sample.extend([seq.sample_index] * n_resp)
+        local.extend([k] * n_resp)
+        offset += len(seq)
+    long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    return MicroBatch(
+        input_ids=long(ids).unsqueeze(0),
+        position_ids=long(positions).unsqueeze(0),
+        pred_index=long(pred),
+        targets=long(targets),
+        loss_mask=torch.tensor(mask, dtype=torch.float32),
+        rollout_logprobs=torch.tensor(rollout, dtype=torch.float32),
+        advantages=torch.tensor(adv, dtype=torch.float32),
+        sample_index=long(sample),
+        local_index=long(local),
+    )

@@ -1,0 +1,69 @@
+"""Log-probs of chosen tokens without materialising ``[tokens, vocab]`` logits at once.
+
+The decoder's hidden states are computed once; the LM head, the temperature scaling and the
+log-softmax run over chunks of positions. Under autograd each chunk is checkpointed, so the
+backward pass recomputes one chunk's logits at a time instead of keeping all of them.
+
+The distribution is the engine's (see :mod:`agentrl.policies.base`): ``log_softmax(logits /
+temperature)`` in fp32, before any top-k / top-p truncation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_CHUNK = 1024
+
+
+def hidden_states(model: nn.Module, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+    """Final hidden states ``[T, H]`` of a packed row ``[1, T]`` (sequences separated by position
+    ids restarting at 0; the attention is block-diagonal causal)."""
+    out = model.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    return out.last_hidden_state[0]
+
+
+def chosen_logprobs(
+    hidden: Tensor,
+    lm_head: nn.Module,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of ``targets[i]`` under ``softmax(lm_head(hidden[i]) / temperature)``.
+
+    Args:
+        hidden: ``[N, H]`` hidden states at the predicting positions.
+        lm_head: the output projection.
+        targets: ``[N]`` token ids.
+        temperature: the rollout temperature (1.0 for none).
+        with_entropy: also return the per-position entropy of the same distribution.
+        chunk_size: positions per chunk.
+
+    Returns:
+        ``(logprobs [N], entropy [N] or None)``, fp32.
+    """
+    logps, entropies = [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        args = (hidden[start : start + chunk_size], targets[start : start + chunk_size])
+        fn = lambda h, t: _chunk(lm_head, h, t, temperature, with_entropy)  # noqa: E731
+        logp, entropy = checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
+        logps.append(logp)
+        entropies.append(entropy)
+    if not logps:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if with_entropy else None)
+    return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
+
+
+def _chunk(lm_head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float, with_entropy: bool) -> tuple[Tensor, Tensor]:
+    logits = lm_head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    log_probs = torch.log_softmax(logits, dim=-1)
+    chosen = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1) if with_entropy else chosen.new_zeros(0)
+    return chosen, entropy

@@ -1,0 +1,235 @@
+"""The PyTorch trainer: a transformers causal LM trained with the GRPO-family loss.
+
+One call of :meth:`TorchTrainer.train_rollout` consumes one rollout: the sequences are split into
+``num_steps_per_rollout`` optimizer steps of ``global_batch_size`` samples; each step packs its
+sequences into micro-batches (by token budget or by count), accumulates gradients with the loss
+weights of :func:`~agentrl.trainers.algorithms.loss_weights`, clips and steps AdamW.
+
+Precision: fp32 master weights and optimizer state; with ``bf16`` the forward and backward run
+under ``torch.autocast(bfloat16)`` (AMX on CPUs that have it, tensor cores on GPUs). Log-probs are
+always fp32 (see :mod:`agentrl.trainers.logprobs`).
+
+Data parallel: when ``torch.distributed`` is initialised with several ranks, each rank trains on
+its own share of the samples, the model is wrapped in DDP, and the counts that normalise the loss
+are all-reduced, so the update equals the single-rank update on the whole batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM
+
+from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
+from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, pack
+from agentrl.trainers.logprobs import chosen_logprobs, hidden_states
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Optimizer and batching settings (slime's flag names).
+
+    Attributes:
+        lr, weight_decay, adam_beta1, adam_beta2, adam_eps: AdamW.
+        clip_grad: max global grad norm; 0 disables clipping.
+        global_batch_size: samples (trajectories) per optimizer step, over all ranks.
+        micro_batch_size: sequences per micro-batch when ``use_dynamic_batch_size`` is off.
+        use_dynamic_batch_size: pack micro-batches by token budget instead of by count.
+        max_tokens_per_gpu: the token budget of a micro-batch.
+        bf16: autocast forward/backward to bfloat16 (fp32 master weights).
+        temperature: the rollout temperature; log-probs are of ``logits / temperature``.
+        gradient_checkpointing: recompute activations in backward (less memory, more time).
+        calculate_per_token_loss: reduce the loss as a mean over every trained token of the step
+            instead of the mean over samples of each sample's token mean.
+    """
+
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    global_batch_size: int = 1
+    micro_batch_size: int = 1
+    use_dynamic_batch_size: bool = False
+    max_tokens_per_gpu: int | None = None
+    bf16: bool = True
+    temperature: float = 1.0
+    gradient_checkpointing: bool = False
+    calculate_per_token_loss: bool = False
+
+    def __post_init__(self) -> None:
+        if self.use_dynamic_batch_size and not self.max_tokens_per_gpu:
+            raise ValueError("--use-dynamic-batch-size needs --max-tokens-per-gpu")
+
+
+class TorchTrainer:
+    """Trains a Hugging Face causal LM. See the module docstring.
+
+    Args:
+        model_dir: a Hugging Face model directory.
+        config: optimizer and batching settings.
+        loss: the loss settings; a reference model is kept only when ``loss.use_kl_loss``.
+        device: where the model trains.
+    """
+
+    def __init__(self, model_dir: str | Path, config: TrainerConfig, loss: LossConfig, *, device: str | torch.device = "cpu") -> None:
+        self.config, self.loss = config, loss
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.ref_model = _frozen_copy(self.model) if loss.use_kl_loss else None
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.module: nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.module = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_eps, weight_decay=config.weight_decay,
+        )
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+
+    # ------------------------------------------------------------------ training
+    def train_rollout(self, sequences: Sequence[TrainSequence], num_samples: int) -> dict[str, float]:
+        """Run the optimizer steps of one rollout and return their averaged metrics.
+
+        Args:
+            sequences: this rank's sequences; ``sample_index`` runs over ``range(num_samples)``.
+            num_samples: this rank's number of samples (trajectories) in the rollout.
+        """
+        local_gbs = self.config.global_batch_size // self.world
+        steps = max(num_samples // max(local_gbs, 1), 1)
+        need_old = steps > 1
+        old = self._logprobs(self.model, sequences) if need_old else None
+        ref = self._logprobs(self.ref_model, sequences) if self.ref_model is not None else None
+        totals: dict[str, float] = defaultdict(float)
+        for step in range(steps):
+            chosen = [i for i, s in enumerate(sequences) if step * local_gbs <= s.sample_index < (step + 1) * local_gbs]
+            step_metrics = self._optimizer_step(
+                [sequences[i] for i in chosen],
+                old=[old[i] for i in chosen] if old else None,
+                ref=[ref[i] for i in chosen] if ref else None,
+            )
+            for k, v in step_metrics.items():
+                totals[k] += v / steps
+        totals["train/optimizer_steps"] = steps
+        return dict(totals)
+
+    def _optimizer_step(self, sequences: list[TrainSequence], *, old: list[Tensor] | None, ref: list[Tensor] | None) -> dict[str, float]:
+        started = time.perf_counter()
+        samples = sorted({s.sample_index for s in sequences})
+        sample_pos = {s: k for k, s in enumerate(samples)}
+        trained = torch.zeros(len(samples))
+        for s in sequences:
+            trained[sample_pos[s.sample_index]] += sum(s.loss_mask)
+        step_samples, step_tokens = self._all_reduce_counts(len(samples), int(trained.sum()))
+        metrics: dict[str, float] = defaultdict(float)
+        tokens = 0
+        for batch_indices in self._micro_batches(sequences):
+            batch = collate([sequences[i] for i in batch_indices]).to(self.device)
+            tokens += batch.num_tokens
+            weights = loss_weights(
+                batch.loss_mask, torch.tensor([sample_pos[int(s)] for s in batch.sample_index], device=self.device),
+                trained.to(self.device), step_samples=step_samples, step_tokens=step_tokens,
+                per_token=self.config.calculate_per_token_loss,
+            )
+            inputs = self._loss_inputs(batch, weights, old, ref, batch_indices)
+            loss, mb_metrics = policy_loss(inputs, self.loss)
+            (loss * self.world).backward()  # DDP averages gradients over ranks; the weights already divide by the global counts
+            for k, v in mb_metrics.items():
+                metrics[f"train/{k}"] += float(v)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+        metrics |= {
+            "train/grad_norm": float(grad_norm),
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "perf/train_tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+        }
+        return metrics
+
+    def _micro_batches(self, sequences: Sequence[TrainSequence]) -> list[list[int]]:
+        lengths = [len(s) for s in sequences]
+        if self.config.use_dynamic_batch_size:
+            return pack(lengths, max_tokens=self.config.max_tokens_per_gpu)
+        return pack(lengths, max_sequences=self.config.micro_batch_size)
+
+    def _loss_inputs(self, batch: MicroBatch, weights: Tensor, old: list[Tensor] | None, ref: list[Tensor] | None, indices: list[int]) -> LossInputs:
+        with self._autocast():
+            hidden = hidden_states(self.module, batch.input_ids, batch.position_ids)
+        logp, entropy = chosen_logprobs(
+            hidden[batch.pred_index], self.model.get_output_embeddings(), batch.targets,
+            temperature=self.config.temperature, with_entropy=self.loss.entropy_coef != 0,
+        )
+        return LossInputs(
+            logp=logp,
+            old_logp=torch.cat([old[i] for i in indices]).to(self.device) if old else logp.detach(),
+            advantages=batch.advantages,
+            weights=weights,
+            sample_index=batch.local_index,
+            rollout_logp=batch.rollout_logprobs,
+            ref_logp=torch.cat([ref[i] for i in indices]).to(self.device) if ref else None,
+            entropy=entropy,
+        )
+
+    # ------------------------------------------------------------------ log-probs
+    @torch.no_grad()
+    def logprobs(self, sequences: Sequence[TrainSequence]) -> list[Tensor]:
+        """Per-sequence log-probs ``[L - P]`` of the response tokens under the current weights."""
+        return self._logprobs(self.model, sequences)
+
+    @torch.no_grad()
+    def _logprobs(self, model: nn.Module, sequences: Sequence[TrainSequence]) -> list[Tensor]:
+        out: list[Tensor] = []
+        for batch_indices in self._micro_batches(sequences):
+            batch = collate([sequences[i] for i in batch_indices]).to(self.device)
+            with self._autocast():
+                hidden = hidden_states(model, batch.input_ids, batch.position_ids)
+            logp, _ = chosen_logprobs(hidden[batch.pred_index], model.get_output_embeddings(), batch.targets, temperature=self.config.temperature)
+            out.extend(logp[batch.local_index == k].cpu() for k in range(len(batch_indices)))
+        return out
+
+    # ------------------------------------------------------------------ weights and state
+    def named_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """The policy's weights under Hugging Face names (for weight sync and export)."""
+        yield from self.model.state_dict().items()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def save_hf(self, path: str | Path) -> None:
+        """Export the policy as a Hugging Face model directory (safetensors)."""
+        self.model.save_pretrained(path, safe_serialization=True)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
+    def _all_reduce_counts(self, samples: int, tokens: int) -> tuple[int, int]:
+        if self.world == 1:
+            return samples, tokens
+        counts = torch.tensor([samples, tokens], dtype=torch.long, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(counts)
+        return int(counts[0]), int(counts[1])
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
