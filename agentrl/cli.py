@@ -1,5 +1,6 @@
 """The ``agentrl`` command line. Flag names follow slime wherever slime has the concept.
 
+    agentrl train [--config FILE.yaml] [--flag value ...]
     agentrl envs
     agentrl check-env ID [--hf-checkpoint SPEC]
     agentrl rollout --env ID --prompt-data FILE [--hf-checkpoint SPEC] --n-samples-per-prompt N --output FILE.jsonl
@@ -22,7 +23,11 @@ from agentrl.models.resolve import DEFAULT_MODEL
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command is cmd_train:
+        args.args = rest  # the training flags are parsed by agentrl.config
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.WARNING, format="[agentrl] %(levelname)s %(name)s: %(message)s")
     try:
         return args.command(args)
@@ -34,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentrl", description="Reinforcement learning for LLM agents.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a policy with GRPO-family RL (agentrl train --help)", add_help=False)
+    train.set_defaults(command=cmd_train)
 
     envs = sub.add_parser("envs", help="list registered environment ids")
     envs.set_defaults(command=cmd_envs)
@@ -65,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     rollout.add_argument("--output", required=True, type=Path, help="trajectories, one JSON record per line")
     rollout.set_defaults(command=cmd_rollout)
     return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from agentrl.config import load_config
+    from agentrl.train import train
+
+    metrics = train(load_config(args.args))
+    print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
+    return 0
 
 
 def cmd_envs(args: argparse.Namespace) -> int:

@@ -53,8 +53,7 @@ class TrainConfig:
     rollout_shuffle: bool = opt(False, "shuffle the training tasks each epoch (seeded)")
     rm_type: str | None = opt(None, "reward: math, boxed_math, exact_match, f1, remote (overrides the env's own)")
     rm_url: str | None = opt(None, "URL of the remote reward model for --rm-type remote")
-    custom_rm_path: str | None = opt(None, "pkg.module:function scoring (args, sample) -> float")
-    custom_generate_function_path: str | None = opt(None, "slime-style pkg.module:generate run as the env")
+    custom_rm_path: str | None = opt(None, "pkg.module:fn, slime's async (args, sample) -> float; overrides the env's reward")
     # --- rollout
     num_rollout: int = opt(10, "number of rollout/train steps")
     rollout_batch_size: int = opt(8, "prompts per rollout")

@@ -8,6 +8,7 @@ line (or row) number and nothing is silently skipped.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,3 +92,44 @@ def _field(row: dict[str, Any], key: str, where: str, flag: str) -> Any:
         present = ", ".join(sorted(row)) or "none"
         raise DataError(f"{where}: missing field {key!r} (set {flag}); fields present: {present}")
     return row[key]
+
+
+@dataclass
+class TaskStream:
+    """Hands out batches of tasks in a reproducible order, epoch after epoch.
+
+    The order of epoch ``e`` is a permutation seeded by ``(seed, e)`` when ``shuffle`` is on, the
+    file order otherwise. ``position`` (epoch, cursor) is all a checkpoint needs to continue the
+    exact same sequence of batches.
+    """
+
+    tasks: list[Task]
+    batch_size: int
+    shuffle: bool = False
+    seed: int = 0
+    epoch: int = 0
+    cursor: int = 0
+
+    def next_batch(self) -> list[Task]:
+        batch: list[Task] = []
+        while len(batch) < self.batch_size:
+            order = self._order()
+            take = order[self.cursor : self.cursor + self.batch_size - len(batch)]
+            batch.extend(self.tasks[i] for i in take)
+            self.cursor += len(take)
+            if self.cursor >= len(order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return batch
+
+    @property
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def seek(self, position: dict[str, int]) -> None:
+        self.epoch, self.cursor = position["epoch"], position["cursor"]
+
+    def _order(self) -> list[int]:
+        order = list(range(len(self.tasks)))
+        if self.shuffle:
+            random.Random(f"{self.seed}/{self.epoch}").shuffle(order)
+        return order

@@ -15,6 +15,7 @@ Invariants (checked by ``tests/trainers/test_batching.py``):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from agentrl.rollout.trajectory import Trajectory
+from agentrl.trainers.algorithms import AdvantageEstimator, sample_advantages, whiten
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,34 @@ class TrainSequence:
 
     def __len__(self) -> int:
         return len(self.token_ids)
+
+
+def build_train_sequences(
+    trajectories: Sequence[Trajectory], group_size: int, estimator: AdvantageEstimator, *, std_normalization: bool = True
+) -> tuple[list[TrainSequence], int]:
+    """The training data of one rollout, whose consecutive runs of ``group_size`` trajectories
+    are the groups: excluded episodes (env errors, aborts) dropped, so they are out of the loss
+    and of their group's baseline; advantages per the estimator (whitened over all trained
+    tokens for the REINFORCE++ estimators). Returns ``(sequences, samples)``."""
+    kept_at = [i for i, t in enumerate(trajectories) if not t.excluded]
+    if not kept_at:
+        return [], 0
+    kept = [trajectories[i] for i in kept_at]
+    rewards = torch.tensor([t.reward for t in kept])
+    groups = torch.tensor([i // group_size for i in kept_at])
+    advantages = sample_advantages(rewards, groups, estimator, std_normalization=std_normalization)
+    sequences = sequences_from_trajectories(kept, advantages.tolist())
+    if estimator in ("reinforce_plus_plus", "reinforce_plus_plus_baseline") and sequences:
+        flat = torch.tensor([a for s in sequences for a in s.advantages])
+        mask = torch.tensor([m for s in sequences for m in s.loss_mask])
+        white = whiten(flat, mask).tolist()
+        out, start = [], 0
+        for s in sequences:
+            n = len(s.advantages)
+            out.append(dataclasses.replace(s, advantages=white[start : start + n]))
+            start += n
+        sequences = out
+    return sequences, len(kept)
 
 
 def sequences_from_trajectories(trajectories: Sequence[Trajectory], advantages: Sequence[float]) -> list[TrainSequence]:

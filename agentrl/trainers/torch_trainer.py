@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, pack
 from agentrl.trainers.logprobs import chosen_logprobs, hidden_states
+from agentrl.trainers.packed_attention import PACKED_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class TorchTrainer:
     def __init__(self, model_dir: str | Path, config: TrainerConfig, loss: LossConfig, *, device: str | torch.device = "cpu") -> None:
         self.config, self.loss = config, loss
         self.device = torch.device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=PACKED_ATTENTION).to(self.device)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = _frozen_copy(self.model) if loss.use_kl_loss else None

@@ -1,0 +1,125 @@
+"""Reward functions by name (``--rm-type``) or by path (``--custom-rm-path``), and the wrapper
+that lets them score an env's episodes in place of the env's own reward.
+
+``--rm-type``: ``math`` (Math-Verify on the last ``\\boxed{}``), ``exact_match``, ``f1``,
+``remote`` (``--rm-url``); a ``boxed_`` prefix (``boxed_exact_match``) scores only the content of
+the last ``\\boxed{}``. ``--custom-rm-path pkg.module:fn`` takes slime's signature
+``async def fn(args, sample, **kwargs) -> float`` with a slime-shaped ``Sample``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agentrl.compat.slime import Sample
+from agentrl.envs.core import Action, Env, Message, StepResult, Task
+from agentrl.envs.wrappers import Wrapper
+from agentrl.errors import ConfigError
+from agentrl.rewards.math import score_math_answer
+from agentrl.rewards.remote import RemoteRewardModel
+from agentrl.rewards.text import exact_match, f1_score
+
+
+@dataclass(frozen=True)
+class RewardInput:
+    """What a reward function sees of a finished episode."""
+
+    prompt: str
+    response: str
+    label: Any
+    metadata: dict[str, Any]
+
+
+RewardFn = Callable[[RewardInput], Awaitable[float]]
+TEXT_REWARDS: dict[str, Callable[[str, Any], float]] = {
+    "math": lambda response, label: score_math_answer(response, label).reward,
+    "exact_match": exact_match,
+    "f1": f1_score,
+}
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (braces balanced), or ``None``."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def make_reward_fn(rm_type: str | None = None, *, rm_url: str | None = None, custom_rm_path: str | None = None, args: Any = None) -> RewardFn | None:
+    """The reward function the flags name, or ``None`` to keep the env's own rewards."""
+    if custom_rm_path:
+        return _custom(custom_rm_path, args)
+    if rm_type is None:
+        return None
+    if rm_type == "remote":
+        if not rm_url:
+            raise ConfigError("--rm-type remote needs --rm-url")
+        model = RemoteRewardModel(rm_url)
+        return lambda x: model.score(x.prompt, x.response, x.label)
+    boxed, name = rm_type.startswith("boxed_"), rm_type.removeprefix("boxed_")
+    if name not in TEXT_REWARDS:
+        raise ConfigError(f"unknown --rm-type {rm_type!r}: use one of {sorted(TEXT_REWARDS)} (optionally boxed_...), remote, or --custom-rm-path")
+    score = TEXT_REWARDS[name]
+
+    async def text_reward(x: RewardInput) -> float:
+        response = last_boxed(x.response) if boxed else x.response
+        return 0.0 if response is None else float(score(response, x.label))
+
+    return text_reward
+
+
+def _custom(path: str, args: Any) -> RewardFn:
+    module_name, _, attr = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr or "reward_func")
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"--custom-rm-path {path!r} could not be loaded: {e}") from e
+    if not inspect.iscoroutinefunction(fn):
+        raise ConfigError(f"--custom-rm-path {path!r} must be an async function (args, sample, **kwargs) -> float, as in slime")
+
+    async def custom(x: RewardInput) -> float:
+        sample = Sample(prompt=x.prompt, response=x.response, label=x.label, metadata=x.metadata)
+        return float(await fn(args, sample))
+
+    return custom
+
+
+class RewardOverride(Wrapper):
+    """Scores the episode with ``reward_fn`` when it ends, replacing the env's rewards.
+
+    The prompt is the text of the opening messages, the response the policy's turns joined;
+    steps before the last get reward 0, the last gets the function's score.
+    """
+
+    def __init__(self, env: Env, reward_fn: RewardFn) -> None:
+        super().__init__(env)
+        self.reward_fn = reward_fn
+        self._task: Task | None = None
+        self._prompt = ""
+        self._turns: list[str] = []
+
+    async def reset(self, task: Task, *, seed: int | None = None) -> tuple[list[Message], dict[str, Any]]:
+        messages, info = await self.env.reset(task, seed=seed)
+        self._task, self._turns = task, []
+        self._prompt = "\n".join(m["content"] for m in messages)
+        return messages, info
+
+    async def step(self, action: Action) -> StepResult:
+        result = await self.env.step(action)
+        self._turns.append(action.text)
+        if not (result.terminated or result.truncated):
+            return result._replace(reward=0.0)
+        assert self._task is not None, "reset before step"
+        x = RewardInput(self._prompt, "\n".join(self._turns), self._task.label, self._task.metadata)
+        reward = await self.reward_fn(x)
+        return result._replace(reward=reward, info={**result.info, "env_reward": result.reward})

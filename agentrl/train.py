@@ -1,0 +1,192 @@
+"""``agentrl train``: the training loop, read top to bottom.
+
+Each step: tasks -> episodes on the engine -> trajectories -> advantages and packed batches ->
+optimizer steps -> weights pushed to the engine (version + 1). Around it: evaluation every
+``--eval-interval`` steps, checkpoints every ``--save-interval`` steps, metrics, dumps and plots
+in ``--output-dir``. With ``--train-async`` the next rollout runs while this step trains (its
+samples are one weight version behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import statistics
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from agentrl.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from agentrl.config import TrainConfig
+from agentrl.data import TaskKeys, TaskStream, load_tasks
+from agentrl.envs import Env, make
+from agentrl.metrics import MetricsLogger
+from agentrl.models.resolve import resolve_model
+from agentrl.policies.embedded import DTYPES, EmbeddedEngine
+from agentrl.rewards.hub import RewardOverride, make_reward_fn
+from agentrl.rollout import ChatRenderer, RolloutRunner, Trajectory, derive_seed, summarize
+from agentrl.rollout.dump import write_dump
+from agentrl.trainers.batching import build_train_sequences
+from agentrl.trainers.torch_trainer import TorchTrainer
+from agentrl.trainers.weight_sync import EngineWeightSync
+
+PLAIN_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+"""Used with ``--no-apply-chat-template``: the prompt text as it is."""
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the whole training job; returns the last logged metrics."""
+    return asyncio.run(_Run(cfg).main())
+
+
+class _Run:
+    """The pieces of one run, built once, and the loop over them."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        keys = TaskKeys(cfg.input_key, cfg.label_key, cfg.metadata_key)
+        self.stream = TaskStream(load_tasks(cfg.prompt_data, keys), cfg.rollout_batch_size, shuffle=cfg.rollout_shuffle, seed=cfg.seed)
+        self.evals = {name: load_tasks(path, keys)[: cfg.eval_max_prompts] for name, path in cfg.eval_datasets().items()}
+        model_dir = resolve_model(cfg.hf_checkpoint)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.trainer = TorchTrainer(model_dir, cfg.trainer(), cfg.loss(), device=cfg.device)
+        engine_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES["bfloat16" if cfg.bf16 else "float32"])
+        self.engine = EmbeddedEngine(engine_model, self.tokenizer, max_batch_size=cfg.rollout_concurrency, device=cfg.device, seed=cfg.seed)
+        self.sync = EngineWeightSync([self.engine])
+        self.renderer = ChatRenderer(self.tokenizer, chat_template=None if cfg.apply_chat_template else PLAIN_TEMPLATE)
+        self.reward_fn = make_reward_fn(cfg.rm_type, rm_url=cfg.rm_url, custom_rm_path=cfg.custom_rm_path, args=cfg)
+        self.logger = MetricsLogger(self.out)
+
+    def make_env(self) -> Env:
+        env = make(self.cfg.env, **self.cfg.env_kwargs)
+        return RewardOverride(env, self.reward_fn) if self.reward_fn else env
+
+    async def main(self) -> dict[str, Any]:
+        cfg = self.cfg
+        start = await self.resume() if cfg.load else 0
+        last: dict[str, Any] = {}
+        bar = tqdm(range(start, cfg.num_rollout), desc="train", initial=start, total=cfg.num_rollout, dynamic_ncols=True)
+        positions: dict[int, dict[str, int]] = {}
+        pending: asyncio.Task[tuple[list[Trajectory], dict[str, Any]]] | None = None
+        async with self.engine:
+            for step in bar:
+                if cfg.eval_interval and step % cfg.eval_interval == 0:
+                    self.logger.log(step, await self.evaluate(step))
+                if pending is None:
+                    pending = asyncio.create_task(self.rollout(step, positions))
+                trajectories, metrics = await pending
+                pending = None
+                if cfg.train_async:  # push the weights of the last step, then overlap the next rollout with training
+                    if step > start:
+                        metrics["perf/weight_sync_time_s"] = await self.push_weights(step)
+                    if step + 1 < cfg.num_rollout:
+                        pending = asyncio.create_task(self.rollout(step + 1, positions))
+                metrics |= await self.train_step(trajectories)
+                if not cfg.train_async:
+                    metrics["perf/weight_sync_time_s"] = await self.push_weights(step + 1)
+                metrics["perf/step_time_s"] = time.perf_counter() - metrics.pop("_started")
+                metrics["weight_version"] = self.engine.weight_version
+                self.logger.log(step + 1, metrics)
+                last = metrics
+                bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
+                write_dump(self.out / "rollouts" / f"step_{step + 1:05d}.txt", trajectories, self.tokenizer)
+                if (cfg.save_interval and (step + 1) % cfg.save_interval == 0) or step + 1 == cfg.num_rollout:
+                    self.save(step + 1, positions[step])
+            if cfg.train_async:
+                await self.push_weights(cfg.num_rollout)
+            if cfg.eval_interval:
+                self.logger.log(cfg.num_rollout, await self.evaluate(cfg.num_rollout))
+        self.trainer.save_hf(self.out / "hf_model")
+        self.tokenizer.save_pretrained(self.out / "hf_model")
+        self.logger.close()
+        return last
+
+    # ------------------------------------------------------------------ phases
+    async def rollout(self, step: int, positions: dict[int, dict[str, int]]) -> tuple[list[Trajectory], dict[str, Any]]:
+        started = time.perf_counter()
+        tasks = self.stream.next_batch()
+        positions[step] = self.stream.position
+        seed = derive_seed(self.cfg.seed, step) if self.cfg.deterministic else None
+        runner = RolloutRunner(self.engine, self.renderer, self.make_env, dataclasses.replace(self.cfg.rollout(), seed=seed))
+        trajectories = await runner.run(tasks, desc=f"rollout {step + 1}")
+        elapsed = time.perf_counter() - started
+        metrics = {f"rollout/{k}": v for k, v in episode_metrics(trajectories, self.cfg.n_samples_per_prompt).items()}
+        metrics |= {"perf/rollout_time_s": elapsed, "perf/rollout_tokens_per_s": summarize(trajectories, elapsed_s=elapsed)["tokens_per_s"], "_started": started}
+        return trajectories, metrics
+
+    async def train_step(self, trajectories: list[Trajectory]) -> dict[str, Any]:
+        started = time.perf_counter()
+        cfg = self.cfg
+        sequences, samples = build_train_sequences(
+            trajectories, cfg.n_samples_per_prompt, cfg.advantage_estimator,  # type: ignore[arg-type]
+            std_normalization=not cfg.disable_grpo_std_normalization,
+        )
+        metrics = await asyncio.to_thread(self.trainer.train_rollout, sequences, samples) if samples else {}
+        metrics["perf/train_time_s"] = time.perf_counter() - started
+        return metrics
+
+    async def push_weights(self, version: int) -> float:
+        started = time.perf_counter()
+        await self.sync.push(self.trainer.named_weights(), weight_version=version)
+        return time.perf_counter() - started
+
+    async def evaluate(self, step: int) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        config = dataclasses.replace(self.cfg.rollout(eval=True), seed=derive_seed(self.cfg.seed, 10**6))
+        for name, tasks in self.evals.items():
+            runner = RolloutRunner(self.engine, self.renderer, self.make_env, config)
+            trajectories = await runner.run(tasks, desc=f"eval {name}")
+            metrics |= {f"eval/{name}/{k}": v for k, v in episode_metrics(trajectories, config.n_samples_per_prompt).items()}
+            write_dump(self.out / "evals" / f"{name}_step_{step:05d}.txt", trajectories, self.tokenizer)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, step: int, data_position: dict[str, int]) -> None:
+        root = self.cfg.save or self.out / "checkpoints"
+        save_checkpoint(root, LoopState(step, data_position), self.trainer.state_dict())
+
+    async def resume(self) -> int:
+        state, trainer_state = load_checkpoint(self.cfg.load)  # type: ignore[arg-type]
+        self.trainer.load_state_dict(trainer_state)
+        self.stream.seek(state.data_position)
+        await self.sync.push(self.trainer.named_weights(), weight_version=state.step)
+        tqdm.write(f"[agentrl] resumed from {self.cfg.load} at step {state.step}")
+        return state.step
+
+
+def episode_metrics(trajectories: Sequence[Trajectory], group_size: int) -> dict[str, float]:
+    """Reward, length, termination and env-info statistics of a batch of episodes.
+
+    Excluded episodes (env errors, aborts) count in ``excluded`` and ``termination/*`` only.
+    Numeric or boolean values of the env's final ``info`` are averaged as ``info/<key>``.
+    """
+    kept = [t for t in trajectories if not t.excluded]
+    rewards = [t.reward for t in kept]
+    metrics: dict[str, float] = {
+        "reward_mean": statistics.fmean(rewards) if rewards else float("nan"),
+        "reward_std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
+        "response_len_mean": statistics.fmean(t.metrics["sampled_tokens"] for t in trajectories) if trajectories else 0.0,
+        "turns_mean": statistics.fmean(t.metrics["turns"] for t in trajectories) if trajectories else 0.0,
+        "excluded": len(trajectories) - len(kept),
+        "prefix_mismatches": sum(t.metrics["prefix_mismatches"] for t in trajectories),
+    }
+    groups = [trajectories[i : i + group_size] for i in range(0, len(trajectories), group_size)]
+    metrics["zero_std_group_frac"] = sum(len({t.reward for t in g}) == 1 for g in groups) / max(len(groups), 1)
+    metrics |= {f"termination/{k}": v for k, v in Counter(t.termination.value for t in trajectories).items()}
+    info_values: dict[str, list[float]] = {}
+    for t in kept:
+        for key, value in t.info.items():
+            if isinstance(value, (bool, int, float)):
+                info_values.setdefault(key, []).append(float(value))
+    metrics |= {f"info/{k}": statistics.fmean(v) for k, v in info_values.items()}
+    return metrics
+
