@@ -129,6 +129,20 @@ class TorchTrainer:
 
     def _optimizer_step(self, sequences: list[TrainSequence], *, old: list[Tensor] | None, ref: list[Tensor] | None) -> dict[str, float]:
         started = time.perf_counter()
+        metrics = self.accumulate_gradients(sequences, old=old, ref=ref)
+        metrics |= self.apply_gradients()
+        metrics["perf/train_tokens_per_s"] = sum(len(s) for s in sequences) / (time.perf_counter() - started)
+        return metrics
+
+    def accumulate_gradients(self, sequences: Sequence[TrainSequence], *, old: list[Tensor] | None = None, ref: list[Tensor] | None = None) -> dict[str, float]:
+        """Add the gradients of one optimizer step's loss over ``sequences`` (all its micro-batches).
+
+        Args:
+            sequences: the step's sequences on this rank.
+            old: per-sequence log-probs the ratio is taken against; ``None`` for the current
+                policy's own (detached), which makes the step on-policy.
+            ref: per-sequence reference log-probs, when the KL loss is on.
+        """
         samples = sorted({s.sample_index for s in sequences})
         sample_pos = {s: k for k, s in enumerate(samples)}
         trained = torch.zeros(len(samples))
@@ -136,30 +150,25 @@ class TorchTrainer:
             trained[sample_pos[s.sample_index]] += sum(s.loss_mask)
         step_samples, step_tokens = self._all_reduce_counts(len(samples), int(trained.sum()))
         metrics: dict[str, float] = defaultdict(float)
-        tokens = 0
         for batch_indices in self._micro_batches(sequences):
             batch = collate([sequences[i] for i in batch_indices]).to(self.device)
-            tokens += batch.num_tokens
+            positions = torch.tensor([sample_pos[int(s)] for s in batch.sample_index], device=self.device)
             weights = loss_weights(
-                batch.loss_mask, torch.tensor([sample_pos[int(s)] for s in batch.sample_index], device=self.device),
-                trained.to(self.device), step_samples=step_samples, step_tokens=step_tokens,
-                per_token=self.config.calculate_per_token_loss,
+                batch.loss_mask, positions, trained.to(self.device), step_samples=step_samples,
+                step_tokens=step_tokens, per_token=self.config.calculate_per_token_loss,
             )
-            inputs = self._loss_inputs(batch, weights, old, ref, batch_indices)
-            loss, mb_metrics = policy_loss(inputs, self.loss)
+            loss, mb_metrics = policy_loss(self._loss_inputs(batch, weights, old, ref, batch_indices), self.loss)
             (loss * self.world).backward()  # DDP averages gradients over ranks; the weights already divide by the global counts
             for k, v in mb_metrics.items():
                 metrics[f"train/{k}"] += float(v)
+        return dict(metrics)
+
+    def apply_gradients(self) -> dict[str, float]:
+        """Clip the accumulated gradients, take the AdamW step and clear the gradients."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - started
-        metrics |= {
-            "train/grad_norm": float(grad_norm),
-            "train/lr": self.optimizer.param_groups[0]["lr"],
-            "perf/train_tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
-        }
-        return metrics
+        return {"train/grad_norm": float(grad_norm), "train/lr": self.optimizer.param_groups[0]["lr"]}
 
     def _micro_batches(self, sequences: Sequence[TrainSequence]) -> list[list[int]]:
         lengths = [len(s) for s in sequences]

@@ -1,0 +1,126 @@
+"""The PyTorch trainer: packing is exact, reductions are right under accumulation, the first
+step is on-policy, log-probs match the engine's, and weights move."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
+from agentrl.trainers.batching import TrainSequence, collate, pack
+from agentrl.trainers.torch_trainer import TorchTrainer, TrainerConfig
+
+
+def make_sequences(n: int, seed: int = 0, *, samples: int | None = None) -> list[TrainSequence]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        prompt, response = rng.randint(3, 12), rng.randint(2, 10)
+        ids = [rng.randrange(512) for _ in range(prompt + response)]
+        mask = [1 if rng.random() < 0.8 else 0 for _ in range(response)]
+        mask[0] = 1
+        out.append(TrainSequence(ids, prompt, mask, [-1.0] * response, [rng.choice([-1.0, 0.5, 2.0])] * response, i % (samples or n)))
+    return out
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def padded_loss(model, seqs: list[TrainSequence], per_token: bool) -> torch.Tensor:
+    """The same loss computed the plain way: one padded batch, attention mask, full logits."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    attn = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s.token_ids)
+        attn[i, : len(s)] = 1
+    logits = model(input_ids=ids, attention_mask=attn).logits.float()
+    logp_all = torch.log_softmax(logits, -1)
+    logps, advs, masks, samples = [], [], [], []
+    for i, s in enumerate(seqs):
+        positions = torch.arange(s.prompt_len - 1, len(s) - 1)
+        logps.append(logp_all[i, positions].gather(-1, torch.tensor(s.token_ids[s.prompt_len:]).unsqueeze(-1)).squeeze(-1))
+        advs += s.advantages
+        masks += s.loss_mask
+        samples += [s.sample_index] * len(s.advantages)
+    logp = torch.cat(logps)
+    sample_index = torch.tensor(samples)
+    mask = torch.tensor(masks, dtype=torch.float32)
+    counts = torch.zeros(int(sample_index.max()) + 1).index_add(0, sample_index, mask)
+    w = loss_weights(mask, sample_index, counts, step_samples=len(counts), step_tokens=int(mask.sum()), per_token=per_token)
+    loss, _ = policy_loss(LossInputs(logp, logp.detach(), torch.tensor(advs), w, sample_index), LossConfig())
+    return loss
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+@pytest.mark.parametrize("batching", [dict(micro_batch_size=1), dict(micro_batch_size=3), dict(use_dynamic_batch_size=True, max_tokens_per_gpu=40)])
+def test_packed_micro_batches_give_the_padded_loss_and_gradients(tiny_model_dir, per_token, batching):
+    seqs = make_sequences(7)
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, global_batch_size=7, calculate_per_token_loss=per_token, **batching), LossConfig())
+    metrics = trainer.accumulate_gradients(seqs)
+    packed = grads(trainer.model)
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
+    loss = padded_loss(reference, seqs, per_token)
+    loss.backward()
+    expected = grads(reference)
+    assert metrics["train/pg_loss"] == pytest.approx(loss.item(), abs=1e-5)
+    for name, g in expected.items():
+        torch.testing.assert_close(packed[name], g, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_pack_respects_the_token_budget_and_keeps_order():
+    lengths = [5, 9, 3, 12, 4, 4, 30, 1]
+    batches = pack(lengths, max_tokens=16)
+    assert [i for b in batches for i in b] == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 16 or len(b) == 1 for b in batches)
+    assert pack(lengths, max_sequences=3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    with pytest.raises(ValueError, match="exactly one"):
+        pack(lengths)
+
+
+def test_collate_selects_the_trained_positions_and_their_targets():
+    seqs = make_sequences(3, seed=4)
+    batch = collate(seqs)
+    flat = batch.input_ids[0]
+    assert batch.num_tokens == sum(len(s) for s in seqs)
+    torch.testing.assert_close(flat[batch.pred_index + 1], batch.targets)
+    assert batch.targets.tolist() == [t for s in seqs for t in s.token_ids[s.prompt_len:]]
+    assert (batch.position_ids[0] == 0).sum() == 3
+
+
+def test_first_step_is_on_policy_ratio_one_and_kl_zero(tiny_model_dir):
+    seqs = make_sequences(8)
+    cfg = TrainerConfig(bf16=False, global_batch_size=4, lr=1e-3)  # two optimizer steps: old log-probs are recomputed
+    trainer = TorchTrainer(tiny_model_dir, cfg, LossConfig(use_kl_loss=True, kl_loss_coef=0.1, kl_loss_type="low_var_kl"))
+    old = trainer.logprobs(seqs[:4])
+    first = trainer.accumulate_gradients(seqs[:4], old=old, ref=trainer._logprobs(trainer.ref_model, seqs[:4]))
+    assert first["train/ppo_kl"] == 0.0 and first["train/pg_clipfrac"] == 0.0 and first["train/kl_loss"] == 0.0
+    trainer.apply_gradients()
+    second = trainer.accumulate_gradients(seqs[4:], old=trainer.logprobs(seqs[4:]), ref=trainer._logprobs(trainer.ref_model, seqs[4:]))
+    assert second["train/kl_loss"] > 0  # the policy moved away from the reference
+
+
+def test_an_update_changes_the_weights_and_the_log_probs_of_good_samples_rise(tiny_model_dir):
+    seqs = [TrainSequence(list(range(10, 20)), 5, [1] * 5, [0.0] * 5, [1.0] * 5, 0)]
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, global_batch_size=1, lr=1e-2, weight_decay=0.0), LossConfig())
+    before = trainer.logprobs(seqs)[0].sum()
+    for _ in range(3):
+        trainer.train_rollout(seqs, num_samples=1)
+    assert trainer.logprobs(seqs)[0].sum() > before + 0.5
+
+
+def test_bf16_autocast_keeps_fp32_master_weights(tiny_model_dir):
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=True, global_batch_size=2, lr=1e-3), LossConfig())
+    metrics = trainer.train_rollout(make_sequences(2), num_samples=2)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert metrics["train/grad_norm"] > 0
+
+
+def test_dynamic_batch_size_needs_a_token_budget():
+    with pytest.raises(ValueError, match="--max-tokens-per-gpu"):
+        TrainerConfig(use_dynamic_batch_size=True)
