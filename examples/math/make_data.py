@@ -1,7 +1,12 @@
 """Generate the math example's train and held-out eval sets (there is no dataset hub).
 
-Problems are small arithmetic questions (``What is 37 + 48?``) with integer answers, drawn by a
-fixed seed; train and eval share no problem. Rows use slime's default keys: ``input``, ``label``.
+Problems are small arithmetic questions with integer answers: single-digit sums, times tables
+and sums or differences within 20, each asked in one of several phrasings (``What is 7 + 5?``,
+``What is the product of 6 and 7?`` ...). They are facts SmolLM2-135M-Instruct mostly knows but
+rarely answers in the ``\\boxed{}`` format the reward requires, so RL visibly changes its
+behaviour within minutes. Problems are drawn by a fixed seed; train and eval share no problem
+(the same arithmetic fact may appear in both, phrased differently). Rows use slime's default
+keys: ``input``, ``label``.
 
     python examples/math/make_data.py --out examples/math/data
 """
@@ -13,30 +18,47 @@ import json
 import random
 from pathlib import Path
 
-OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+PHRASINGS = {
+    "+": ["What is {a} + {b}?", "Compute {a} plus {b}.", "What is the sum of {a} and {b}?", "Add {a} and {b}.", "How much is {a} + {b}?"],
+    "-": ["What is {a} - {b}?", "Compute {a} minus {b}.", "What is the difference {a} - {b}?", "Subtract {b} from {a}.", "How much is {a} - {b}?"],
+    "*": ["What is {a} * {b}?", "Compute {a} times {b}.", "What is the product of {a} and {b}?", "Multiply {a} by {b}.", "How much is {a} x {b}?"],
+}
+
+MAX_PROBLEMS = 3500  # distinct problems the phrasings and ranges give, with margin
+
+
+def _draw(rng: random.Random) -> tuple[int, str, int]:
+    kind = rng.random()
+    if kind < 0.4:
+        return rng.randint(1, 9), "+", rng.randint(1, 9)
+    if kind < 0.7:
+        return rng.randint(2, 9), "*", rng.randint(2, 9)
+    a, op, b = rng.randint(1, 20), rng.choice("+-"), rng.randint(1, 20)
+    return (max(a, b), op, min(a, b)) if op == "-" else (a, op, b)
 
 
 def make_problems(seed: int, count: int) -> list[dict[str, object]]:
     """``count`` distinct problems drawn with ``seed``; the same arguments give the same list."""
+    if count > MAX_PROBLEMS:
+        raise ValueError(f"the generator has about {MAX_PROBLEMS} distinct problems; asked for {count}")
     rng = random.Random(seed)
-    seen: set[tuple[int, str, int]] = set()
+    seen: set[str] = set()
     rows = []
     while len(rows) < count:
-        op = rng.choice("++-*")
-        a, b = (rng.randint(2, 12), rng.randint(2, 12)) if op == "*" else (rng.randint(10, 99), rng.randint(10, 99))
-        if op == "-" and b > a:
-            a, b = b, a
-        if (a, op, b) in seen:
+        a, op, b = _draw(rng)
+        text = rng.choice(PHRASINGS[op]).format(a=a, b=b)
+        if text in seen:
             continue
-        seen.add((a, op, b))
-        rows.append({"input": f"What is {a} {op} {b}?", "label": str(OPERATIONS[op](a, b)), "metadata": {"op": op}})
+        seen.add(text)
+        answer = a + b if op == "+" else a - b if op == "-" else a * b
+        rows.append({"input": text, "label": str(answer), "metadata": {"op": op}})
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
-    parser.add_argument("--train-size", type=int, default=4000)
+    parser.add_argument("--train-size", type=int, default=2500)
     parser.add_argument("--eval-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=20261126)
     args = parser.parse_args()
