@@ -45,6 +45,7 @@ class TrainConfig:
     hf_checkpoint: str = opt("smollm2-135m", "HF model directory or built-in model name")
     env: str = opt("agentrl/Math-v0", "env id of the agent task")
     env_kwargs: dict[str, Any] = opt({}, "keyword arguments for the env (YAML only)", cli=False)
+    eval_env_kwargs: dict[str, Any] = opt({}, "env keyword arguments for evaluation, over env_kwargs (YAML only)", cli=False)
     prompt_data: str | None = opt(None, "training tasks (.jsonl or .parquet)")
     input_key: str = opt("input", "row field holding the prompt")
     label_key: str | None = opt("label", "row field holding the label")

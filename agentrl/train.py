@@ -66,8 +66,9 @@ class _Run:
         self.reward_fn = make_reward_fn(cfg.rm_type, rm_url=cfg.rm_url, custom_rm_path=cfg.custom_rm_path, args=cfg)
         self.logger = MetricsLogger(self.out)
 
-    def make_env(self) -> Env:
-        env = make(self.cfg.env, **self.cfg.env_kwargs)
+    def make_env(self, *, eval: bool = False) -> Env:  # noqa: A002
+        kwargs = {**self.cfg.env_kwargs, **(self.cfg.eval_env_kwargs if eval else {})}
+        env = make(self.cfg.env, **kwargs)
         return RewardOverride(env, self.reward_fn) if self.reward_fn else env
 
     async def main(self) -> dict[str, Any]:
@@ -143,7 +144,7 @@ class _Run:
         metrics: dict[str, Any] = {}
         config = dataclasses.replace(self.cfg.rollout(eval=True), seed=derive_seed(self.cfg.seed, 10**6))
         for name, tasks in self.evals.items():
-            runner = RolloutRunner(self.engine, self.renderer, self.make_env, config)
+            runner = RolloutRunner(self.engine, self.renderer, lambda: self.make_env(eval=True), config)
             trajectories = await runner.run(tasks, desc=f"eval {name}")
             metrics |= {f"eval/{name}/{k}": v for k, v in episode_metrics(trajectories, config.n_samples_per_prompt).items()}
             write_dump(self.out / "evals" / f"{name}_step_{step:05d}.txt", trajectories, self.tokenizer)

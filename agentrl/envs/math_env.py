@@ -12,7 +12,7 @@ from typing import Any
 from agentrl.envs.core import Action, Env, Message, StepResult, Task
 from agentrl.rewards import score_math_answer
 
-DEFAULT_INSTRUCTION = "Put your final answer in \\boxed{}, for example \\boxed{42}."
+DEFAULT_INSTRUCTION = "End with the answer in \\boxed{}, for example: 2 + 2 = \\boxed{4}."
 
 
 class MathEnv(Env):
@@ -22,7 +22,8 @@ class MathEnv(Env):
         instruction: appended to a string prompt on a new line; ``""`` for none.
         system_prompt: a system message placed first, or ``None`` for the template's default.
         format_reward: reward for a well-formed boxed answer that is wrong (default 0: only
-            correct answers count; the format rate is reported in ``info`` either way).
+            correct answers count; the format rate is reported in ``info`` either way). A small
+            value shapes training when correct answers are too rare to give GRPO a signal.
     """
 
     def __init__(

@@ -30,20 +30,25 @@ import ctypes
 import enum
 import logging
 import random
-import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import cast
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from agentrl.errors import PolicyError
 from agentrl.models.resolve import resolve_model
 from agentrl.policies.base import Generation, Policy, SamplingParams
+from agentrl.policies.batch import DecodeBatch, Finished, Request, RowSampler, StopRule
 from agentrl.policies.decoder import LeanDecoder
-from agentrl.policies.sampling import RowSampler, StopRule, sample_next
 
 log = logging.getLogger(__name__)
 
@@ -52,175 +57,45 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class EngineState(enum.Enum):
+    """``OPEN`` serves requests (its loop starts on the first one); ``CLOSED`` is final."""
+
     OPEN = "open"
     CLOSED = "closed"
 
 
-@dataclass(eq=False)
-class _Request:
-    """One ``generate`` call, shared by the event loop and the worker thread."""
+@dataclass(eq=False, kw_only=True)
+class _Request(Request):
+    """A request as the engine's loop tracks it."""
 
-    input_ids: list[int]
-    rule: StopRule
-    sampler: RowSampler
     future: asyncio.Future[Generation]
     rid: str | None
-    started: float = field(default_factory=time.monotonic)
-    admitted: bool = False  # in the batch (set by the loop)
-    cancelled: bool = False  # the caller stopped waiting: drop the row (set by the loop)
-    abort: bool = False  # finish now with "abort" and the partial tokens (set by the loop)
+    admitted: bool = False  # handed to the batch
 
 
 @dataclass(eq=False)
 class _WeightUpdate:
+    """One ``update_weights`` call waiting for the batch to drain."""
+
     named_tensors: Iterable[tuple[str, torch.Tensor]]
     version: int
     future: asyncio.Future[None]
 
 
-@dataclass(eq=False)
-class _Row:
-    """A request in the batch: what it generated so far and how much of it is in the cache."""
-
-    request: _Request
-    version: int  # weight version it runs on
-    length: int  # positions stored in the KV cache
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-
-    def result(self, reason: str, matched: str | int | None = None) -> Generation:
-        return Generation(
-            token_ids=self.token_ids,
-            logprobs=self.logprobs,
-            finish_reason=reason,  # type: ignore[arg-type]
-            weight_version=self.version,
-            matched_stop=matched,
-            meta={
-                "prompt_tokens": len(self.request.input_ids),
-                "completion_tokens": len(self.token_ids),
-                "e2e_latency": time.monotonic() - self.request.started,
-            },
-        )
-
-
-Finished = list[tuple[_Request, Generation]]
-
-
-class _Batch:
-    """The running rows, row ``i`` in KV-cache slot ``i``. Only the worker thread touches it."""
-
-    def __init__(
-        self, decoder: LeanDecoder, tokenizer: PreTrainedTokenizerBase, max_prefill_tokens: int
-    ) -> None:
-        self.decoder = decoder
-        self.tokenizer = tokenizer
-        self.max_prefill_tokens = max_prefill_tokens
-        self.cache = decoder.new_cache()
-        self.rows: list[_Row] = []
-
-    def step(self, admitted: Sequence[_Request], version: int) -> tuple[Finished, int]:
-        """Drop cancelled rows, prefill ``admitted``, decode one token for every row.
-
-        Returns the requests that finished (with their results) and the rows still running.
-        """
-        done: Finished = []
-        admitted = [r for r in admitted if not r.cancelled]
-        with torch.inference_mode():
-            self._drop_stopped(done)
-            for group in _prefill_groups(admitted, self.max_prefill_tokens):
-                self._prefill(group, version, done)
-            if self.rows:
-                self._decode(done)
-        if not self.rows:
-            self.cache.release()
-        return done, len(self.rows)
-
-    def abort_all(self) -> Finished:
-        """End every row with ``"abort"`` and its partial tokens."""
-        done = [(row.request, row.result("abort")) for row in self.rows]
-        self.reset()
-        return done
-
-    def reset(self) -> None:
-        """Forget every row (after a failure; their requests are failed by the caller)."""
-        self.rows.clear()
-        self.cache.release()
-
-    def _drop_stopped(self, done: Finished) -> None:
-        stopped = [i for i, row in enumerate(self.rows) if row.request.cancelled or row.request.abort]
-        for i in stopped:
-            if not self.rows[i].request.cancelled:
-                done.append((self.rows[i].request, self.rows[i].result("abort")))
-        self._remove(stopped)
-
-    def _prefill(self, group: Sequence[_Request], version: int, done: Finished) -> None:
-        first = len(self.rows)
-        width = max(len(r.input_ids) for r in group)
-        device = self.decoder.device
-        ids = torch.zeros((len(group), width), dtype=torch.long)
-        for i, request in enumerate(group):
-            ids[i, : len(request.input_ids)] = torch.tensor(request.input_ids)
-        lengths = torch.tensor([len(r.input_ids) for r in group], device=device)
-        self.cache.reserve(first + len(group), width)
-        logits = self.decoder.prefill(self.cache, ids.to(device), lengths, first)
-        self.rows.extend(_Row(r, version, len(r.input_ids)) for r in group)
-        self._advance(range(first, len(self.rows)), logits, done)
-
-    def _decode(self, done: Finished) -> None:
-        device = self.decoder.device
-        tokens = torch.tensor([row.token_ids[-1] for row in self.rows], device=device)
-        positions = torch.tensor([row.length for row in self.rows], device=device)
-        self.cache.reserve(len(self.rows), max(row.length for row in self.rows) + 1)
-        logits = self.decoder.decode(self.cache, tokens, positions)
-        for row in self.rows:
-            row.length += 1
-        self._advance(range(len(self.rows)), logits, done)
-
-    def _advance(self, indices: range, logits: torch.Tensor, done: Finished) -> None:
-        """Append one sampled token to rows ``indices``; move finished rows to ``done``."""
-        rows = self.rows[indices.start : indices.stop]
-        tokens, logprobs = sample_next(logits, [row.request.sampler for row in rows])
-        finished = []
-        for i, row, token, logprob in zip(indices, rows, tokens, logprobs):
-            row.token_ids.append(token)
-            row.logprobs.append(logprob)
-            stop = row.request.rule.check(row.token_ids, self.tokenizer)
-            if stop is not None:
-                done.append((row.request, row.result(*stop)))
-                finished.append(i)
-        self._remove(finished)
-
-    def _remove(self, indices: Sequence[int]) -> None:
-        """Remove rows, filling each hole with the last row (highest index first)."""
-        for i in sorted(indices, reverse=True):
-            last = self.rows.pop()
-            if i < len(self.rows):
-                self.cache.move_row(len(self.rows), i, last.length)
-                self.rows[i] = last
-
-
-def _prefill_groups(requests: Sequence[_Request], max_tokens: int) -> list[list[_Request]]:
-    """Split requests, by length, into groups whose padded size stays within ``max_tokens``
-    (a longer prompt goes alone)."""
-    groups: list[list[_Request]] = []
-    for request in sorted(requests, key=lambda r: len(r.input_ids)):
-        group = groups[-1] if groups else None
-        if group is not None and (len(group) + 1) * len(request.input_ids) <= max_tokens:
-            group.append(request)
-        else:
-            groups.append([request])
-    return groups
-
-
 class EmbeddedEngine(Policy):
     """Serve a HF causal LM in-process with continuous batching (see the module docstring).
 
-    The engine takes ownership of ``model``: it moves and casts it in place, freezes it and lays
-    its projection weights out in fused buffers (the module still works and shares them). Don't
-    train the same module object; push new weights with :meth:`update_weights`.
+    The engine takes ownership of ``model``: it moves and casts it in place and freezes it; in
+    bf16 on a CPU it also keeps packed copies of the projection weights (see
+    :mod:`agentrl.policies.decoder`). Don't train the same module object; push new weights with
+    :meth:`update_weights`.
 
     Use it as ``async with EmbeddedEngine.from_pretrained("smollm2-135m") as engine: ...``, or
     call :meth:`aclose` when done. It serves one event loop at a time.
+
+    CPU performance: the worker uses torch's intra-op threads (``torch.get_num_threads()``, all
+    cores by default). Other CPU-heavy work in the process while it decodes (env steps doing
+    real computation, a trainer step in another thread) competes for the same cores, and torch
+    work on *other* threads slows its parallel ops further (see :func:`_release_openmp_threads`).
     """
 
     def __init__(
@@ -249,13 +124,13 @@ class EmbeddedEngine(Policy):
         """
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        model.to(device=device, dtype=dtype)
-        model.eval().requires_grad_(False)
+        model.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # HF's wrapped Module.to
+        model.eval().requires_grad_(False)  # type: ignore[no-untyped-call]
         self._decoder = LeanDecoder(model)
         self._tokenizer = tokenizer
         self._eos_token_ids = _eos_token_ids(model, tokenizer)
         self._max_batch_size = max_batch_size
-        self._batch = _Batch(self._decoder, tokenizer, max_prefill_tokens)
+        self._batch = DecodeBatch(self._decoder, tokenizer, max_prefill_tokens)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrl-engine")
         self._seeds = random.Random(seed)
         self._state = EngineState.OPEN
@@ -459,7 +334,9 @@ class EmbeddedEngine(Policy):
         assert self._wakeup is not None
         while self._state is EngineState.OPEN:
             if self._updates and self._running == 0:
-                await self._apply_update(self._updates.popleft())
+                update = self._updates.popleft()
+                if not update.future.done():  # its caller may have given up waiting
+                    await self._apply_update(update)
                 continue
             admitted = [] if self._updates else self._admit()
             if self._running == 0 and not admitted:
@@ -470,7 +347,7 @@ class EmbeddedEngine(Policy):
         await self._shut_down()
 
     def _admit(self) -> list[_Request]:
-        admitted = []
+        admitted: list[_Request] = []
         while self._waiting and self._running + len(admitted) < self._max_batch_size:
             request = self._waiting.popleft()
             if not request.cancelled:
@@ -497,15 +374,17 @@ class EmbeddedEngine(Policy):
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self._decoder.load_weights, update.named_tensors)
+        except PolicyError as e:  # a bad name or shape: the caller's mistake, said plainly
+            _settle(update.future, error=e)
+            return
         except Exception as e:
-            if not update.future.done():
-                update.future.set_exception(
-                    e if isinstance(e, PolicyError) else PolicyError(f"update_weights failed: {e!r}")
-                )
+            log.exception("update_weights failed")
+            error = PolicyError(f"update_weights failed: {e!r}")
+            error.__cause__ = e
+            _settle(update.future, error=error)
             return
         self._weight_version = update.version
-        if not update.future.done():
-            update.future.set_result(None)
+        _settle(update.future)
 
     async def _shut_down(self) -> None:
         loop = asyncio.get_running_loop()
@@ -556,7 +435,7 @@ def _release_openmp_threads() -> None:
         _OMP_PAUSE_RESOURCE_ALL(_OMP_PAUSE_HARD)
 
 
-def _find_omp_pause() -> ctypes._CFuncPtr | None:
+def _find_omp_pause() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL(None).omp_pause_resource_all  # the runtime torch loaded, if global
     except (AttributeError, OSError):
@@ -567,10 +446,21 @@ _OMP_PAUSE_HARD = 2
 _OMP_PAUSE_RESOURCE_ALL = _find_omp_pause()
 
 
+def _settle(future: asyncio.Future[None], error: BaseException | None = None) -> None:
+    """Complete ``future`` unless its waiter already gave up (cancelled it)."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 def _resolve(done: Finished) -> None:
     for request, generation in done:
-        if not request.future.done():
-            request.future.set_result(generation)
+        future = cast(_Request, request).future
+        if not future.done():
+            future.set_result(generation)
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

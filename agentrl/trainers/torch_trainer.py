@@ -150,6 +150,11 @@ class TorchTrainer:
             trained[sample_pos[s.sample_index]] += sum(s.loss_mask)
         step_samples, step_tokens = self._all_reduce_counts(len(samples), int(trained.sum()))
         metrics: dict[str, float] = defaultdict(float)
+        if not self._needs_every_sequence():  # zero-advantage sequences add nothing to the gradient
+            keep = [i for i, s in enumerate(sequences) if any(a != 0 for a in s.advantages)]
+            sequences = [sequences[i] for i in keep]
+            old = [old[i] for i in keep] if old else None
+            ref = [ref[i] for i in keep] if ref else None
         for batch_indices in self._micro_batches(sequences):
             batch = collate([sequences[i] for i in batch_indices]).to(self.device)
             positions = torch.tensor([sample_pos[int(s)] for s in batch.sample_index], device=self.device)
@@ -162,6 +167,10 @@ class TorchTrainer:
             for k, v in mb_metrics.items():
                 metrics[f"train/{k}"] += float(v)
         return dict(metrics)
+
+    def _needs_every_sequence(self) -> bool:
+        """Whether terms besides the advantage-weighted one (KL, entropy) reach every token."""
+        return self.loss.use_kl_loss or self.loss.entropy_coef != 0
 
     def apply_gradients(self) -> dict[str, float]:
         """Clip the accumulated gradients, take the AdamW step and clear the gradients."""
