@@ -106,6 +106,8 @@ class _Run:
                 await self.push_weights(cfg.num_rollout)
             if cfg.eval_interval:
                 self.logger.log(cfg.num_rollout, await self.evaluate(cfg.num_rollout))
+        if hasattr(self.reward_fn, "aclose"):
+            await self.reward_fn.aclose()
         self.trainer.save_hf(self.out / "hf_model")
         self.tokenizer.save_pretrained(self.out / "hf_model")
         self.logger.close()

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from agentrl.compat.slime import Sample
@@ -22,19 +21,9 @@ from agentrl.errors import ConfigError
 from agentrl.rewards.math import score_math_answer
 from agentrl.rewards.remote import RemoteRewardModel
 from agentrl.rewards.text import exact_match, f1_score
+from agentrl.rewards.types import RewardFn, RewardInput
 
 
-@dataclass(frozen=True)
-class RewardInput:
-    """What a reward function sees of a finished episode."""
-
-    prompt: str
-    response: str
-    label: Any
-    metadata: dict[str, Any]
-
-
-RewardFn = Callable[[RewardInput], Awaitable[float]]
 TEXT_REWARDS: dict[str, Callable[[str, Any], float]] = {
     "math": lambda response, label: score_math_answer(response, label).reward,
     "exact_match": exact_match,
@@ -64,8 +53,7 @@ def make_reward_fn(rm_type: str | None = None, *, rm_url: str | None = None, cus
     if rm_type == "remote":
         if not rm_url:
             raise ConfigError("--rm-type remote needs --rm-url")
-        model = RemoteRewardModel(rm_url)
-        return lambda x: model.score(x.prompt, x.response, x.label)
+        return RemoteRewardModel(rm_url)
     boxed, name = rm_type.startswith("boxed_"), rm_type.removeprefix("boxed_")
     if name not in TEXT_REWARDS:
         raise ConfigError(f"unknown --rm-type {rm_type!r}: use one of {sorted(TEXT_REWARDS)} (optionally boxed_...), remote, or --custom-rm-path")

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from agentrl.errors import AgentRLError
+from agentrl.rewards.types import RewardInput
 
 log = logging.getLogger(__name__)
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
@@ -21,7 +22,8 @@ class RewardModelError(AgentRLError):
 
 
 class RemoteRewardModel:
-    """Scores responses with a remote reward model; one instance per run (it owns a session).
+    """Scores responses with a remote reward model; one instance per run (it owns a session:
+    call :meth:`aclose` when done).
 
     Args:
         url: the endpoint.
@@ -35,8 +37,9 @@ class RemoteRewardModel:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
-    async def score(self, prompt: str, response: str, label: Any) -> float:
-        payload = {"prompt": prompt, "response": response, "label": label}
+    async def __call__(self, x: RewardInput) -> float:
+        """Score one episode (a :data:`~agentrl.rewards.types.RewardFn`)."""
+        payload = {"prompt": x.prompt, "response": x.response, "label": x.label}
         for attempt in range(1, self.retries + 1):
             try:
                 return await self._post(payload)
