@@ -46,3 +46,17 @@ def test_bad_task_file_is_one_line_naming_file_and_line(tmp_path, content, fragm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_rollout_writes_trajectories_and_prints_a_summary(tmp_path):
+    data = tmp_path / "tasks.jsonl"
+    data.write_text('{"input": "What is 2 + 3?", "label": "5"}\n{"input": "What is 4 + 4?", "label": "8"}\n')
+    out = tmp_path / "out.jsonl"
+    result = agentrl("rollout", "--env", "agentrl/Math-v0", "--prompt-data", str(data), "--n-samples-per-prompt", "2",
+                     "--rollout-max-response-len", "16", "--seed", "0", "--output", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 4 and {r["schema_version"] for r in records} == {1}
+    assert [(r["task_index"], r["sample_index"]) for r in records] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["episodes"] == 4 and summary["tokens_per_s"] > 0 and set(summary["termination"]) <= {"done", "length"}

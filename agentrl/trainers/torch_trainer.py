@@ -131,7 +131,7 @@ class TorchTrainer:
         started = time.perf_counter()
         metrics = self.accumulate_gradients(sequences, old=old, ref=ref)
         metrics |= self.apply_gradients()
-        metrics["perf/train_tokens_per_s"] = sum(len(s) for s in sequences) / (time.perf_counter() - started)
+        metrics["perf/train_tokens_per_s"] = metrics["train/tokens"] / (time.perf_counter() - started)
         return metrics
 
     def accumulate_gradients(self, sequences: Sequence[TrainSequence], *, old: list[Tensor] | None = None, ref: list[Tensor] | None = None) -> dict[str, float]:
@@ -149,7 +149,7 @@ class TorchTrainer:
         for s in sequences:
             trained[sample_pos[s.sample_index]] += sum(s.loss_mask)
         step_samples, step_tokens = self._all_reduce_counts(len(samples), int(trained.sum()))
-        metrics: dict[str, float] = defaultdict(float)
+        metrics: dict[str, float] = defaultdict(float, {"train/tokens": 0.0})
         if not self._needs_every_sequence():  # zero-advantage sequences add nothing to the gradient
             keep = [i for i, s in enumerate(sequences) if any(a != 0 for a in s.advantages)]
             sequences = [sequences[i] for i in keep]
@@ -166,6 +166,7 @@ class TorchTrainer:
             (loss * self.world).backward()  # DDP averages gradients over ranks; the weights already divide by the global counts
             for k, v in mb_metrics.items():
                 metrics[f"train/{k}"] += float(v)
+            metrics["train/tokens"] += batch.num_tokens
         return dict(metrics)
 
     def _needs_every_sequence(self) -> bool:
