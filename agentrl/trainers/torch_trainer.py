@@ -155,9 +155,12 @@ class TorchTrainer:
             sequences = [sequences[i] for i in keep]
             old = [old[i] for i in keep] if old else None
             ref = [ref[i] for i in keep] if ref else None
+        position_of = torch.zeros(max(samples) + 1 if samples else 1, dtype=torch.long)
+        position_of[samples] = torch.arange(len(samples))
         for batch_indices in self._micro_batches(sequences):
-            batch = collate([sequences[i] for i in batch_indices]).to(self.device)
-            positions = torch.tensor([sample_pos[int(s)] for s in batch.sample_index], device=self.device)
+            cpu_batch = collate([sequences[i] for i in batch_indices])
+            positions = position_of[cpu_batch.sample_index].to(self.device)
+            batch = cpu_batch.to(self.device)
             weights = loss_weights(
                 batch.loss_mask, positions, trained.to(self.device), step_samples=step_samples,
                 step_tokens=step_tokens, per_token=self.config.calculate_per_token_loss,
@@ -218,7 +221,8 @@ class TorchTrainer:
             with self._autocast():
                 hidden = hidden_states(model, batch.input_ids, batch.position_ids)
             logp, _ = chosen_logprobs(hidden[batch.pred_index], model.get_output_embeddings(), batch.targets, temperature=self.config.temperature)
-            out.extend(logp[batch.local_index == k].cpu() for k in range(len(batch_indices)))
+            sizes = [len(sequences[i]) - sequences[i].prompt_len for i in batch_indices]
+            out.extend(logp.cpu().split(sizes))
         return out
 
     # ------------------------------------------------------------------ weights and state

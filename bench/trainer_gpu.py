@@ -1,0 +1,148 @@
+"""Training throughput on a GPU: agentrl's PyTorch trainer against plain transformers + AdamW.
+
+Model: a randomly initialised Qwen3-0.6B-shaped decoder (the point is speed, not learning).
+Data: random token sequences of 300-2,000 tokens (prompt 200) with random advantages, the same
+for both contenders. agentrl packs them without padding into micro-batches of at most
+``--max-tokens`` tokens; the baseline pads the same sequences into batches of at most
+``--max-tokens`` padded tokens, runs the HF model with SDPA attention and computes full logits.
+Both use bf16 autocast over fp32 master weights and torch AdamW.
+
+MFU = (6 x parameters x tokens + causal attention FLOPs) / (step time x 989 TFLOP/s), tokens being
+real (unpadded) tokens. Prints a table and, last, one JSON line.
+
+    python bench/trainer_gpu.py [--steps 4] [--tokens-per-step 65536] [--max-tokens 16384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, Qwen3Config
+
+from agentrl.trainers.algorithms import LossConfig
+from agentrl.trainers.batching import TrainSequence
+from agentrl.trainers.torch_trainer import TorchTrainer, TrainerConfig
+
+PEAK_BF16 = 989e12  # H100 SXM dense bf16
+QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)
+
+
+def make_sequences(tokens: int, seed: int) -> list[TrainSequence]:
+    rng = random.Random(seed)
+    out, total = [], 0
+    while total < tokens:
+        length = rng.randint(300, 2000)
+        ids = [rng.randrange(1000, 150000) for _ in range(length)]
+        n = length - 200
+        out.append(TrainSequence(ids, 200, [1] * n, [-1.0] * n, [rng.choice([-1.0, 1.0])] * n, len(out)))
+        total += length
+    return out
+
+
+def flops(params: int, sequences: list[TrainSequence], cfg: Qwen3Config) -> float:
+    tokens = sum(len(s) for s in sequences)
+    attention = sum(6 * cfg.num_hidden_layers * len(s) ** 2 * cfg.num_attention_heads * cfg.head_dim for s in sequences)
+    return 6 * params * tokens + attention
+
+
+def timed(fn) -> float:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def run_agentrl(model_dir: str, batches: list[list[TrainSequence]], max_tokens: int) -> list[dict[str, float]]:
+    cfg = TrainerConfig(bf16=True, lr=1e-6, global_batch_size=len(batches[0]), use_dynamic_batch_size=True, max_tokens_per_gpu=max_tokens)
+    trainer = TorchTrainer(model_dir, cfg, LossConfig(), device="cuda")
+    rows = []
+    for seqs in batches:
+        fwd_bwd = timed(lambda: trainer.accumulate_gradients(seqs))
+        opt = timed(trainer.apply_gradients)
+        rows.append({"fwd_bwd_s": fwd_bwd, "optimizer_s": opt, "step_s": fwd_bwd + opt})
+    del trainer
+    torch.cuda.empty_cache()
+    return rows
+
+
+def run_plain(model_dir: str, batches: list[list[TrainSequence]], max_tokens: int) -> list[dict[str, float]]:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    rows = []
+    for seqs in batches:
+        def fwd_bwd() -> None:
+            ordered = sorted(seqs, key=len)
+            start = 0
+            while start < len(ordered):  # padded micro-batches of at most max_tokens padded tokens
+                end = start + 1
+                while end < len(ordered) and (end + 1 - start) * len(ordered[end]) <= max_tokens:
+                    end += 1
+                group = ordered[start:end]
+                width = len(group[-1])
+                ids = torch.zeros(len(group), width, dtype=torch.long)
+                attn = torch.zeros_like(ids)
+                mask = torch.zeros(len(group), width - 1)
+                adv = torch.zeros(len(group), width - 1)
+                for i, s in enumerate(group):
+                    ids[i, : len(s)] = torch.tensor(s.token_ids)
+                    attn[i, : len(s)] = 1
+                    mask[i, s.prompt_len - 1 : len(s) - 1] = 1
+                    adv[i, s.prompt_len - 1 : len(s) - 1] = s.advantages[0]
+                ids, attn, mask, adv = ids.cuda(), attn.cuda(), mask.cuda(), adv.cuda()
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+                logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+                loss = -(logp * adv * mask).sum() / mask.sum() * len(group) / len(seqs)
+                loss.backward()
+                start = end
+
+        def step() -> None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        fb = timed(fwd_bwd)
+        opt = timed(step)
+        rows.append({"fwd_bwd_s": fb, "optimizer_s": opt, "step_s": fb + opt})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--tokens-per-step", type=int, default=65536)
+    parser.add_argument("--max-tokens", type=int, default=16384, help="agentrl's packed micro-batch size")
+    parser.add_argument("--baseline-max-tokens", type=int, default=8192, help="padded tokens per baseline micro-batch (full logits)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cfg = Qwen3Config(**QWEN3_06B)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        params = sum(p.numel() for p in model.parameters())
+        model.save_pretrained(tmp)
+        del model
+        batches = [make_sequences(args.tokens_per_step, seed) for seed in range(args.steps + 1)]  # the first step warms up
+        results = {}
+        for name, run in (("agentrl", run_agentrl), ("plain_transformers", run_plain)):
+            rows = run(tmp, batches, args.max_tokens if name == "agentrl" else args.baseline_max_tokens)[1:]
+            step_s = sum(r["step_s"] for r in rows) / len(rows)
+            tokens = sum(sum(len(s) for s in b) for b in batches[1:]) / len(rows)
+            mfu = sum(flops(params, b, cfg) for b in batches[1:]) / len(rows) / (step_s * PEAK_BF16)
+            results[name] = {"step_s": step_s, "fwd_bwd_s": sum(r["fwd_bwd_s"] for r in rows) / len(rows),
+                             "optimizer_s": sum(r["optimizer_s"] for r in rows) / len(rows), "tokens_per_s": tokens / step_s, "mfu": mfu}
+            print(f"{name:20s} step {step_s:.3f}s  fwd+bwd {results[name]['fwd_bwd_s']:.3f}s  optimizer {results[name]['optimizer_s']:.3f}s  "
+                  f"{results[name]['tokens_per_s']:.0f} tok/s  MFU {mfu:.3f}", flush=True)
+    print(json.dumps({"bench": "trainer_gpu", "device": torch.cuda.get_device_name(), "torch": torch.__version__, "params": params,
+                      "tokens_per_step": args.tokens_per_step, "max_tokens": args.max_tokens, "baseline_max_tokens": args.baseline_max_tokens, "results": results,
+                      "speedup": results["plain_transformers"]["step_s"] / results["agentrl"]["step_s"]}))
+
+
+if __name__ == "__main__":
+    main()
