@@ -103,7 +103,26 @@ class StepResult(NamedTuple):
     info: dict[str, Any]
 
 
-class Env:
+class Seeded:
+    """The per-episode random generator both env base classes share: ``self.rng``, reseeded by
+    :meth:`seed_rng` (called by ``reset(seed=...)``)."""
+
+    _rng: random.Random | None = None
+
+    def seed_rng(self, seed: int | None) -> None:
+        """Reseed when a seed is given; make an unseeded generator on first use otherwise."""
+        if seed is not None or self._rng is None:
+            self._rng = random.Random(seed)
+
+    @property
+    def rng(self) -> random.Random:
+        """The episode's random generator, seeded by ``reset(seed=...)``."""
+        if self._rng is None:
+            self._rng = random.Random()
+        return self._rng
+
+
+class Env(Seeded):
     """Base class of agentrl environments. The docstrings of this class are the contract.
 
     Override ``reset`` and ``step``; override ``close`` if the env holds resources. Set
@@ -116,7 +135,6 @@ class Env:
 
     metadata: ClassVar[dict[str, Any]] = {}
     tools: list[dict[str, Any]] | None = None
-    _rng: random.Random | None = None
 
     # ----------------------------------------------------------------- override these
     async def reset(self, task: Task, *, seed: int | None = None) -> tuple[list[Message], dict[str, Any]]:
@@ -133,8 +151,7 @@ class Env:
 
         Subclasses call ``super().reset(task, seed=seed)`` first to seed ``self.rng``.
         """
-        if seed is not None or self._rng is None:
-            self._rng = random.Random(seed)
+        self.seed_rng(seed)
         return [], {}
 
     async def step(self, action: Action) -> StepResult:
@@ -164,13 +181,6 @@ class Env:
         return []
 
     # ----------------------------------------------------------------- machinery
-    @property
-    def rng(self) -> random.Random:
-        """The episode's random generator, seeded by ``reset(seed=...)``."""
-        if self._rng is None:
-            self._rng = random.Random()
-        return self._rng
-
     @property
     def unwrapped(self) -> Env:
         """The innermost env below any wrappers."""

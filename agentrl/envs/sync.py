@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, ClassVar, TypeVar
 
-from agentrl.envs.core import Action, Env, Message, StepResult, Task
+from agentrl.envs.core import Action, Env, Message, Seeded, StepResult, Task
 
 _T = TypeVar("_T")
 
 
-class SyncEnv:
+class SyncEnv(Seeded):
     """Base class of blocking environments: :class:`Env`'s contract with plain methods.
 
     Override ``reset`` and ``step`` (and ``close`` if the env holds resources); everything said
@@ -41,7 +40,6 @@ class SyncEnv:
 
     metadata: ClassVar[dict[str, Any]] = {}
     tools: list[dict[str, Any]] | None = None
-    _rng: random.Random | None = None
 
     # ----------------------------------------------------------------- override these
     def reset(self, task: Task, *, seed: int | None = None) -> tuple[list[Message], dict[str, Any]]:
@@ -49,8 +47,7 @@ class SyncEnv:
 
         Subclasses call ``super().reset(task, seed=seed)`` first to seed ``self.rng``.
         """
-        if seed is not None or self._rng is None:
-            self._rng = random.Random(seed)
+        self.seed_rng(seed)
         return [], {}
 
     def step(self, action: Action) -> StepResult:
@@ -65,13 +62,6 @@ class SyncEnv:
         return []
 
     # ----------------------------------------------------------------- machinery
-    @property
-    def rng(self) -> random.Random:
-        """The episode's random generator, seeded by ``reset(seed=...)``."""
-        if self._rng is None:
-            self._rng = random.Random()
-        return self._rng
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
 

@@ -144,10 +144,11 @@ class TorchTrainer:
             ref: per-sequence reference log-probs, when the KL loss is on.
         """
         samples = sorted({s.sample_index for s in sequences})
-        sample_pos = {s: k for k, s in enumerate(samples)}
+        position_of = torch.zeros(max(samples) + 1 if samples else 1, dtype=torch.long)
+        position_of[samples] = torch.arange(len(samples))
         trained = torch.zeros(len(samples))
         for s in sequences:
-            trained[sample_pos[s.sample_index]] += sum(s.loss_mask)
+            trained[position_of[s.sample_index]] += sum(s.loss_mask)
         step_samples, step_tokens = self._all_reduce_counts(len(samples), int(trained.sum()))
         metrics: dict[str, float] = defaultdict(float, {"train/tokens": 0.0})
         if not self._needs_every_sequence():  # zero-advantage sequences add nothing to the gradient
@@ -155,8 +156,6 @@ class TorchTrainer:
             sequences = [sequences[i] for i in keep]
             old = [old[i] for i in keep] if old else None
             ref = [ref[i] for i in keep] if ref else None
-        position_of = torch.zeros(max(samples) + 1 if samples else 1, dtype=torch.long)
-        position_of[samples] = torch.arange(len(samples))
         for batch_indices in self._micro_batches(sequences):
             cpu_batch = collate([sequences[i] for i in batch_indices])
             positions = position_of[cpu_batch.sample_index].to(self.device)
