@@ -27,6 +27,7 @@ import yaml
 from agentrl.errors import ConfigError
 from agentrl.rollout.runner import RolloutConfig
 from agentrl.trainers.algorithms import ADVANTAGE_ESTIMATORS, KL_TYPES, LossConfig
+from agentrl.trainers.lr_schedule import LR_DECAY_STYLES
 from agentrl.trainers.torch_trainer import TrainerConfig
 
 
@@ -87,6 +88,10 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay")
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.999, "AdamW beta2")
+    lr_decay_style: str = opt("constant", "learning-rate schedule after warmup", choices=LR_DECAY_STYLES)
+    lr_warmup_iters: int = opt(0, "optimizer steps of linear warmup from 0 to --lr")
+    lr_decay_iters: int | None = opt(None, "optimizer steps over which the lr decays to --min-lr (default: the whole run)")
+    min_lr: float = opt(0.0, "the lr at the end of the decay")
     clip_grad: float = opt(1.0, "max gradient norm (0: no clipping)")
     micro_batch_size: int = opt(1, "sequences per micro-batch (without --use-dynamic-batch-size)")
     use_dynamic_batch_size: bool = opt(False, "pack micro-batches by token budget")
@@ -127,6 +132,8 @@ class TrainConfig:
     def trainer(self) -> TrainerConfig:
         return TrainerConfig(
             lr=self.lr, weight_decay=self.weight_decay, adam_beta1=self.adam_beta1, adam_beta2=self.adam_beta2,
+            lr_decay_style=self.lr_decay_style, lr_warmup_iters=self.lr_warmup_iters, min_lr=self.min_lr,  # type: ignore[arg-type]
+            lr_decay_iters=self.lr_decay_iters or self.num_rollout * (self.num_steps_per_rollout or 1),
             clip_grad=self.clip_grad, global_batch_size=self.global_batch_size or 1, micro_batch_size=self.micro_batch_size,
             use_dynamic_batch_size=self.use_dynamic_batch_size, max_tokens_per_gpu=self.max_tokens_per_gpu,
             bf16=self.bf16, temperature=self.rollout_temperature, calculate_per_token_loss=self.calculate_per_token_loss,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ PLOTTED = ("rollout/reward_mean", "eval/")
 
 class MetricsLogger:
     """Appends metrics to ``OUTPUT/metrics.jsonl`` and TensorBoard, and redraws
-    ``OUTPUT/reward_curves.png`` on every log. Safe to reopen on resume (it appends)."""
+    ``OUTPUT/reward_curves.png`` on every log. Safe to reopen on resume (it appends).
+
+    Every record also carries ``perf/elapsed_s``: seconds since this logger was created (the
+    run's start, or its resumption)."""
 
     def __init__(self, output_dir: str | Path) -> None:
         self.output_dir = Path(output_dir)
@@ -35,8 +39,10 @@ class MetricsLogger:
                 record = json.loads(line)
                 self._remember(record["step"], record)
         self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+        self.started = time.monotonic()
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        metrics = {**metrics, "perf/elapsed_s": time.monotonic() - self.started}
         record = {"step": step, **{k: _plain(v) for k, v in sorted(metrics.items())}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

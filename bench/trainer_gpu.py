@@ -10,7 +10,9 @@ Both use bf16 autocast over fp32 master weights and torch AdamW.
 MFU = (6 x parameters x tokens + causal attention FLOPs) / (step time x 989 TFLOP/s), tokens being
 real (unpadded) tokens. Prints a table and, last, one JSON line.
 
-    python bench/trainer_gpu.py [--steps 4] [--tokens-per-step 65536] [--max-tokens 16384]
+    python bench/trainer_gpu.py [--steps 4] [--tokens-per-step 65536] [--max-tokens 16384] [--profile]
+
+``--profile`` adds a table of the CUDA kernels of one more agentrl step, by total time.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 from agentrl.trainers.algorithms import LossConfig
 from agentrl.trainers.batching import TrainSequence
+from agentrl.trainers.packed_attention import varlen_available
 from agentrl.trainers.torch_trainer import TorchTrainer, TrainerConfig
 
 PEAK_BF16 = 989e12  # H100 SXM dense bf16
@@ -59,7 +62,7 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def run_agentrl(model_dir: str, batches: list[list[TrainSequence]], max_tokens: int) -> list[dict[str, float]]:
+def run_agentrl(model_dir: str, batches: list[list[TrainSequence]], max_tokens: int, profile: bool = False) -> list[dict[str, float]]:
     cfg = TrainerConfig(bf16=True, lr=1e-6, global_batch_size=len(batches[0]), use_dynamic_batch_size=True, max_tokens_per_gpu=max_tokens)
     trainer = TorchTrainer(model_dir, cfg, LossConfig(), device="cuda")
     rows = []
@@ -67,6 +70,10 @@ def run_agentrl(model_dir: str, batches: list[list[TrainSequence]], max_tokens: 
         fwd_bwd = timed(lambda: trainer.accumulate_gradients(seqs))
         opt = timed(trainer.apply_gradients)
         rows.append({"fwd_bwd_s": fwd_bwd, "optimizer_s": opt, "step_s": fwd_bwd + opt})
+    if profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+            timed(lambda: trainer.accumulate_gradients(batches[-1]))
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20), flush=True)
     del trainer
     torch.cuda.empty_cache()
     return rows
@@ -120,6 +127,7 @@ def main() -> None:
     parser.add_argument("--tokens-per-step", type=int, default=65536)
     parser.add_argument("--max-tokens", type=int, default=16384, help="agentrl's packed micro-batch size")
     parser.add_argument("--baseline-max-tokens", type=int, default=8192, help="padded tokens per baseline micro-batch (full logits)")
+    parser.add_argument("--profile", action="store_true", help="print the CUDA kernels of one more agentrl step")
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = Qwen3Config(**QWEN3_06B)
@@ -130,8 +138,11 @@ def main() -> None:
         del model
         batches = [make_sequences(args.tokens_per_step, seed) for seed in range(args.steps + 1)]  # the first step warms up
         results = {}
-        for name, run in (("agentrl", run_agentrl), ("plain_transformers", run_plain)):
-            rows = run(tmp, batches, args.max_tokens if name == "agentrl" else args.baseline_max_tokens)[1:]
+        for name in ("agentrl", "plain_transformers"):
+            if name == "agentrl":
+                rows = run_agentrl(tmp, batches, args.max_tokens, args.profile)[1:]
+            else:
+                rows = run_plain(tmp, batches, args.baseline_max_tokens)[1:]
             step_s = sum(r["step_s"] for r in rows) / len(rows)
             tokens = sum(sum(len(s) for s in b) for b in batches[1:]) / len(rows)
             mfu = sum(flops(params, b, cfg) for b in batches[1:]) / len(rows) / (step_s * PEAK_BF16)
@@ -140,6 +151,7 @@ def main() -> None:
             print(f"{name:20s} step {step_s:.3f}s  fwd+bwd {results[name]['fwd_bwd_s']:.3f}s  optimizer {results[name]['optimizer_s']:.3f}s  "
                   f"{results[name]['tokens_per_s']:.0f} tok/s  MFU {mfu:.3f}", flush=True)
     print(json.dumps({"bench": "trainer_gpu", "device": torch.cuda.get_device_name(), "torch": torch.__version__, "params": params,
+                      "attention": "varlen flash" if varlen_available() else "padded SDPA",
                       "tokens_per_step": args.tokens_per_step, "max_tokens": args.max_tokens, "baseline_max_tokens": args.baseline_max_tokens, "results": results,
                       "speedup": results["plain_transformers"]["step_s"] / results["agentrl"]["step_s"]}))
 

@@ -12,7 +12,7 @@ from typing import Any
 from agentrl.envs.core import Action, Env, Message, StepResult, Task
 from agentrl.rewards import score_math_answer
 
-DEFAULT_INSTRUCTION = "End with the answer in \\boxed{}, for example: 2 + 2 = \\boxed{4}."
+DEFAULT_INSTRUCTION = "Put your final answer within \\boxed{}."
 
 
 class MathEnv(Env):

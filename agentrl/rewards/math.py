@@ -30,7 +30,9 @@ class MathScore:
 
     Attributes:
         reward: 1.0 for a correct boxed answer, else 0.0.
-        format_ok: the response has a ``\\boxed{}`` whose content parses as math.
+        format_ok: the response has a ``\\boxed{}`` whose content parses as math and names no
+            unknown the label does not (``\\boxed{ANSWER}`` or ``\\boxed{N}`` is a placeholder,
+            not an answer, unless the label itself is in terms of ``N``).
         extracted: the parsed answer as text, or ``None``.
     """
 
@@ -54,7 +56,14 @@ def score_math_answer(response: str, label: str | int | float) -> MathScore:
         return MathScore(0.0, False, None)
     gold = parse(_as_latex(label), parsing_timeout=timeout)
     correct = bool(gold) and verify(gold, answer, timeout_seconds=timeout)
-    return MathScore(1.0 if correct else 0.0, True, str(answer[-1]))
+    well_formed = correct or _unknowns(answer) <= _unknowns(gold)
+    return MathScore(1.0 if correct else 0.0, well_formed, str(answer[-1]))
+
+
+def _unknowns(parsed: list[object]) -> set[str]:
+    """Names of the free symbols in a Math-Verify parse (its first item is the sympy object)."""
+    symbols = getattr(parsed[0], "free_symbols", set()) if parsed else set()
+    return {str(symbol) for symbol in symbols}
 
 
 def _as_latex(label: str | int | float) -> str:

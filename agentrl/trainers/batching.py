@@ -24,6 +24,7 @@ from torch import Tensor
 
 from agentrl.rollout.trajectory import Trajectory
 from agentrl.trainers.algorithms import AdvantageEstimator, sample_advantages, whiten
+from agentrl.trainers.packed_attention import cumulative_lengths
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,8 @@ class MicroBatch:
         loss_mask, rollout_logprobs, advantages: ``[N]`` per response token.
         sample_index: ``[N]`` the step-level sample of each response token.
         local_index: ``[N]`` the sequence within this micro-batch of each response token.
+        cu_seq_lens: ``[S + 1]`` int32 offsets of the ``S`` sequences in the row.
+        max_length: the longest sequence's length.
     """
 
     input_ids: Tensor
@@ -151,13 +154,15 @@ class MicroBatch:
     advantages: Tensor
     sample_index: Tensor
     local_index: Tensor
+    cu_seq_lens: Tensor
+    max_length: int
 
     @property
     def num_tokens(self) -> int:
         return self.input_ids.shape[1]
 
     def to(self, device: torch.device | str) -> MicroBatch:
-        return MicroBatch(**{k: v.to(device) for k, v in vars(self).items()})
+        return MicroBatch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in vars(self).items()})
 
 
 def collate(sequences: Sequence[TrainSequence]) -> MicroBatch:
@@ -187,4 +192,6 @@ def collate(sequences: Sequence[TrainSequence]) -> MicroBatch:
         advantages=torch.tensor(adv, dtype=torch.float32),
         sample_index=long(sample),
         local_index=long(local),
+        cu_seq_lens=cumulative_lengths([len(s) for s in sequences], "cpu"),
+        max_length=max((len(s) for s in sequences), default=0),
     )

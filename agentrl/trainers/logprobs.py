@@ -5,7 +5,8 @@ log-softmax run over chunks of positions. Under autograd each chunk is checkpoin
 backward pass recomputes one chunk's logits at a time instead of keeping all of them.
 
 The distribution is the engine's (see :mod:`agentrl.policies.base`): ``log_softmax(logits /
-temperature)`` in fp32, before any top-k / top-p truncation.
+temperature)`` in fp32, before any top-k / top-p truncation. Under bf16 autocast the LM head's
+matmul runs in bf16, as the engine's does; the softmax is always fp32.
 """
 
 from __future__ import annotations
@@ -14,14 +15,29 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from agentrl.trainers.packed_attention import PACKED_ATTENTION  # noqa: F401  (registers the attention)
+
 DEFAULT_CHUNK = 1024
 
 
-def hidden_states(model: nn.Module, input_ids: Tensor, position_ids: Tensor) -> Tensor:
-    """Final hidden states ``[T, H]`` of a packed row ``[1, T]`` (sequences separated by position
-    ids restarting at 0; the attention is block-diagonal causal)."""
-    out = model.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-    return out.last_hidden_state[0]
+class PackedDecoder(nn.Module):
+    """The decoder of a causal LM (loaded with :data:`PACKED_ATTENTION`) run on packed rows.
+
+    ``forward(input_ids [1, T], position_ids [1, T], cu_seq_lens [N + 1], max_length)`` returns
+    the final hidden states ``[T, H]``; each sequence attends only to itself, causally. This is
+    the module data parallelism wraps: the LM head runs outside it, chunk by chunk.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, cu_seq_lens: Tensor, max_length: int) -> Tensor:
+        out = self.model.get_decoder()(
+            input_ids=input_ids, position_ids=position_ids, use_cache=False,
+            cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=max_length, max_length_k=max_length,
+        )
+        return out.last_hidden_state[0]
 
 
 def chosen_logprobs(
@@ -60,7 +76,7 @@ def chosen_logprobs(
 
 
 def _chunk(lm_head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float, with_entropy: bool) -> tuple[Tensor, Tensor]:
-    logits = lm_head(hidden).float()
+    logits = lm_head(hidden).float()  # under autocast the matmul runs in bf16; the softmax in fp32
     if temperature != 1.0:
         logits = logits / temperature
     log_probs = torch.log_softmax(logits, dim=-1)

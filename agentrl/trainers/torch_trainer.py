@@ -5,13 +5,15 @@ One call of :meth:`TorchTrainer.train_rollout` consumes one rollout: the sequenc
 sequences into micro-batches (by token budget or by count), accumulates gradients with the loss
 weights of :func:`~agentrl.trainers.algorithms.loss_weights`, clips and steps AdamW.
 
-Precision: fp32 master weights and optimizer state; with ``bf16`` the forward and backward run
+Precision: fp32 master weights and optimizer state; with ``bf16`` the forward and backward (LM head included) run
 under ``torch.autocast(bfloat16)`` (AMX on CPUs that have it, tensor cores on GPUs). Log-probs are
 always fp32 (see :mod:`agentrl.trainers.logprobs`).
 
 Data parallel: when ``torch.distributed`` is initialised with several ranks, each rank trains on
-its own share of the samples, the model is wrapped in DDP, and the counts that normalise the loss
-are all-reduced, so the update equals the single-rank update on the whole batch.
+its own share of the samples; the counts that normalise the loss are all-reduced before the
+step and the summed gradients once after it (ranks may pack different numbers of micro-batches,
+so there is no collective per backward), and the update equals the single-rank update on the
+whole batch.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from transformers import AutoModelForCausalLM
 
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, pack
-from agentrl.trainers.logprobs import chosen_logprobs, hidden_states
+from agentrl.trainers.logprobs import PackedDecoder, chosen_logprobs
+from agentrl.trainers.lr_schedule import LrDecayStyle, learning_rate
 from agentrl.trainers.packed_attention import PACKED_ATTENTION
 
 
@@ -41,6 +44,8 @@ class TrainerConfig:
 
     Attributes:
         lr, weight_decay, adam_beta1, adam_beta2, adam_eps: AdamW.
+        lr_decay_style, lr_warmup_iters, lr_decay_iters, min_lr: the schedule of
+            :mod:`agentrl.trainers.lr_schedule`, counted in optimizer steps.
         clip_grad: max global grad norm; 0 disables clipping.
         global_batch_size: samples (trajectories) per optimizer step, over all ranks.
         micro_batch_size: sequences per micro-batch when ``use_dynamic_batch_size`` is off.
@@ -58,6 +63,10 @@ class TrainerConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
+    lr_decay_style: LrDecayStyle = "constant"
+    lr_warmup_iters: int = 0
+    lr_decay_iters: int = 1
+    min_lr: float = 0.0
     clip_grad: float = 1.0
     global_batch_size: int = 1
     micro_batch_size: int = 1
@@ -91,14 +100,15 @@ class TorchTrainer:
             self.model.gradient_checkpointing_enable()
         self.ref_model = _frozen_copy(self.model) if loss.use_kl_loss else None
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.module: nn.Module = self.model
-        if self.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.module = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.decoder = PackedDecoder(self.model)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
             eps=config.adam_eps, weight_decay=config.weight_decay,
         )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: learning_rate(
+            step, lr=config.lr, min_lr=config.min_lr, warmup=config.lr_warmup_iters,
+            decay_iters=config.lr_decay_iters, style=config.lr_decay_style,
+        ) / config.lr if config.lr else 1.0)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
 
     # ------------------------------------------------------------------ training
@@ -165,10 +175,12 @@ class TorchTrainer:
                 step_tokens=step_tokens, per_token=self.config.calculate_per_token_loss,
             )
             loss, mb_metrics = policy_loss(self._loss_inputs(batch, weights, old, ref, batch_indices), self.loss)
-            (loss * self.world).backward()  # DDP averages gradients over ranks; the weights already divide by the global counts
+            loss.backward()
             for k, v in mb_metrics.items():
                 metrics[f"train/{k}"] += float(v)
             metrics["train/tokens"] += batch.num_tokens
+        if self.world > 1:
+            self._all_reduce_gradients()
         return dict(metrics)
 
     def _needs_every_sequence(self) -> bool:
@@ -178,9 +190,11 @@ class TorchTrainer:
     def apply_gradients(self) -> dict[str, float]:
         """Clip the accumulated gradients, take the AdamW step and clear the gradients."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad or float("inf"))
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
+        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"train/grad_norm": float(grad_norm), "train/lr": self.optimizer.param_groups[0]["lr"]}
+        return {"train/grad_norm": float(grad_norm), "train/lr": lr}
 
     def _micro_batches(self, sequences: Sequence[TrainSequence]) -> list[list[int]]:
         lengths = [len(s) for s in sequences]
@@ -190,11 +204,11 @@ class TorchTrainer:
 
     def _loss_inputs(self, batch: MicroBatch, weights: Tensor, old: list[Tensor] | None, ref: list[Tensor] | None, indices: list[int]) -> LossInputs:
         with self._autocast():
-            hidden = hidden_states(self.module, batch.input_ids, batch.position_ids)
-        logp, entropy = chosen_logprobs(
-            hidden[batch.pred_index], self.model.get_output_embeddings(), batch.targets,
-            temperature=self.config.temperature, with_entropy=self.loss.entropy_coef != 0,
-        )
+            hidden = self.decoder(batch.input_ids, batch.position_ids, batch.cu_seq_lens, batch.max_length)
+            logp, entropy = chosen_logprobs(
+                hidden[batch.pred_index], self.model.get_output_embeddings(), batch.targets,
+                temperature=self.config.temperature, with_entropy=self.loss.entropy_coef != 0,
+            )
         return LossInputs(
             logp=logp,
             old_logp=torch.cat([old[i] for i in indices]).to(self.device) if old else logp.detach(),
@@ -218,8 +232,8 @@ class TorchTrainer:
         for batch_indices in self._micro_batches(sequences):
             batch = collate([sequences[i] for i in batch_indices]).to(self.device)
             with self._autocast():
-                hidden = hidden_states(model, batch.input_ids, batch.position_ids)
-            logp, _ = chosen_logprobs(hidden[batch.pred_index], model.get_output_embeddings(), batch.targets, temperature=self.config.temperature)
+                hidden = PackedDecoder(model)(batch.input_ids, batch.position_ids, batch.cu_seq_lens, batch.max_length)
+                logp, _ = chosen_logprobs(hidden[batch.pred_index], model.get_output_embeddings(), batch.targets, temperature=self.config.temperature)
             sizes = [len(sequences[i]) - sequences[i].prompt_len for i in batch_indices]
             out.extend(logp.cpu().split(sizes))
         return out
@@ -230,11 +244,12 @@ class TorchTrainer:
         yield from self.model.state_dict().items()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
     def save_hf(self, path: str | Path) -> None:
         """Export the policy as a Hugging Face model directory (safetensors)."""
@@ -242,6 +257,23 @@ class TorchTrainer:
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
+    def _all_reduce_gradients(self, bucket_elements: int = 2**26) -> None:
+        """Sum the gradients over ranks (the loss weights already divide by the global counts),
+        in flat buckets; a rank that trained on nothing contributes zeros."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        bucket: list[Tensor] = []
+        for p in params:
+            bucket.append(p.grad)
+            if sum(g.numel() for g in bucket) >= bucket_elements or p is params[-1]:
+                flat = torch.cat([g.flatten() for g in bucket])
+                dist.all_reduce(flat)
+                for g, reduced in zip(bucket, flat.split([g.numel() for g in bucket])):
+                    g.copy_(reduced.view_as(g))
+                bucket = []
 
     def _all_reduce_counts(self, samples: int, tokens: int) -> tuple[int, int]:
         if self.world == 1:

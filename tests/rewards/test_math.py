@@ -20,6 +20,9 @@ from agentrl.rewards import score_math_answer
         ("\\boxed{13}", 12, 0.0, True),
         ("The answer is 12", "12", 0.0, False),  # right number, but not boxed
         ("\\boxed{}", "12", 0.0, False),
+        ("The answer is \\boxed{ANSWER}.", "12", 0.0, False),  # a placeholder, not an answer
+        ("\\boxed{x + 2}", "x + 1", 0.0, True),  # wrong, but in the label's own unknown
+        ("\\boxed{y + 1}", "x + 1", 0.0, False),
     ],
 )
 def test_scores(response, label, reward, format_ok):
