@@ -55,7 +55,9 @@ class TrainConfig:
     rollout_shuffle: bool = opt(False, "shuffle the training tasks each epoch (seeded)")
     rm_type: str | None = opt(None, "reward: math, boxed_math, exact_match, f1, remote (overrides the env's own)")
     rm_url: str | None = opt(None, "URL of the remote reward model for --rm-type remote")
-    custom_rm_path: str | None = opt(None, "pkg.module:fn, slime's async (args, sample) -> float; overrides the env's reward")
+    custom_rm_path: str | None = opt(None, "pkg.module:fn (or slime's pkg.module.fn), async (args, sample) -> float; overrides the env's reward")
+    custom_generate_function_path: str | None = opt(
+        None, "slime's async generate(args, sample, sampling_params) -> Sample, played instead of --env against an SGLang-compatible server over the engine")
     # --- rollout
     num_rollout: int = opt(10, "number of rollout/train steps")
     rollout_batch_size: int = opt(8, "prompts per rollout")

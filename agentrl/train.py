@@ -9,7 +9,9 @@ samples are one weight version behind).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -22,6 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from agentrl.compat.slime_generate import SlimeGenerateRunner
 from agentrl.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from agentrl.config import TrainConfig
 from agentrl.data import TaskKeys, TaskStream, load_tasks
@@ -30,8 +33,10 @@ from agentrl.metrics import MetricsLogger
 from agentrl.models.resolve import resolve_model
 from agentrl.policies.embedded import DTYPES, EmbeddedEngine
 from agentrl.rewards.hub import RewardOverride, make_reward_fn
-from agentrl.rollout import ChatRenderer, RolloutRunner, Trajectory, derive_seed, summarize
+from agentrl.plugins import load_function
+from agentrl.rollout import ChatRenderer, RolloutConfig, RolloutRunner, Trajectory, derive_seed, summarize
 from agentrl.rollout.dump import write_dump
+from agentrl.serving import SGLangServer
 from agentrl.trainers.batching import build_train_sequences
 from agentrl.trainers.torch_trainer import TorchTrainer
 from agentrl.trainers.weight_sync import EngineWeightSync
@@ -65,6 +70,19 @@ class _Run:
         self.renderer = ChatRenderer(self.tokenizer, chat_template=None if cfg.apply_chat_template else PLAIN_TEMPLATE)
         self.reward_fn = make_reward_fn(cfg.rm_type, rm_url=cfg.rm_url, custom_rm_path=cfg.custom_rm_path, args=cfg)
         self.logger = MetricsLogger(self.out)
+        self.model_dir = model_dir
+        self.generate_fn = load_function(cfg.custom_generate_function_path, flag="--custom-generate-function-path") if cfg.custom_generate_function_path else None
+        self.server: SGLangServer | None = None  # serves the engine to a custom generate function
+
+    def runner(self, config: RolloutConfig, *, eval: bool = False) -> RolloutRunner | SlimeGenerateRunner:  # noqa: A002
+        """What plays the episodes: the env through the rollout runner, or a slime generate function."""
+        if self.generate_fn is None:
+            return RolloutRunner(self.engine, self.renderer, lambda: self.make_env(eval=eval), config)
+        assert self.server is not None
+        args = argparse.Namespace(**{**self.cfg.to_dict(), "hf_checkpoint": str(self.model_dir), "sglang_router_ip": self.server.host,
+                                     "sglang_router_port": self.server.port, "partial_rollout": False})
+        return SlimeGenerateRunner(self.generate_fn, args, self.tokenizer, self.reward_fn, config,
+                                   apply_chat_template=self.cfg.apply_chat_template, weight_version=self.engine.weight_version, evaluation=eval)
 
     def make_env(self, *, eval: bool = False) -> Env:  # noqa: A002
         kwargs = {**self.cfg.env_kwargs, **(self.cfg.eval_env_kwargs if eval else {})}
@@ -78,7 +96,10 @@ class _Run:
         bar = tqdm(range(start, cfg.num_rollout), desc="train", initial=start, total=cfg.num_rollout, dynamic_ncols=True)
         positions: dict[int, dict[str, int]] = {}
         pending: asyncio.Task[tuple[list[Trajectory], dict[str, Any]]] | None = None
-        async with self.engine:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.engine)
+            if self.generate_fn is not None:
+                self.server = await stack.enter_async_context(SGLangServer(self.engine, self.tokenizer, model_path=str(self.model_dir)))
             for step in bar:
                 if cfg.eval_interval and step % cfg.eval_interval == 0:
                     self.logger.log(step, await self.evaluate(step))
@@ -119,8 +140,7 @@ class _Run:
         tasks = self.stream.next_batch()
         positions[step] = self.stream.position
         seed = derive_seed(self.cfg.seed, step) if self.cfg.deterministic else None
-        runner = RolloutRunner(self.engine, self.renderer, self.make_env, dataclasses.replace(self.cfg.rollout(), seed=seed))
-        trajectories = await runner.run(tasks, desc=f"rollout {step + 1}")
+        trajectories = await self.runner(dataclasses.replace(self.cfg.rollout(), seed=seed)).run(tasks, desc=f"rollout {step + 1}")
         elapsed = time.perf_counter() - started
         metrics = {f"rollout/{k}": v for k, v in episode_metrics(trajectories, self.cfg.n_samples_per_prompt).items()}
         metrics |= {"perf/rollout_time_s": elapsed, "perf/rollout_tokens_per_s": summarize(trajectories, elapsed_s=elapsed)["tokens_per_s"], "_started": started}
@@ -146,8 +166,7 @@ class _Run:
         metrics: dict[str, Any] = {}
         config = dataclasses.replace(self.cfg.rollout(eval=True), seed=derive_seed(self.cfg.seed, 10**6))
         for name, tasks in self.evals.items():
-            runner = RolloutRunner(self.engine, self.renderer, lambda: self.make_env(eval=True), config)
-            trajectories = await runner.run(tasks, desc=f"eval {name}")
+            trajectories = await self.runner(config, eval=True).run(tasks, desc=f"eval {name}")
             metrics |= {f"eval/{name}/{k}": v for k, v in episode_metrics(trajectories, config.n_samples_per_prompt).items()}
             write_dump(self.out / "evals" / f"{name}_step_{step:05d}.txt", trajectories, self.tokenizer)
         return metrics

@@ -1,7 +1,7 @@
 """Training throughput on a GPU: agentrl's PyTorch trainer against plain transformers + AdamW.
 
 Model: a randomly initialised Qwen3-0.6B-shaped decoder (the point is speed, not learning).
-Data: random token sequences of 300-2,000 tokens (prompt 200) with random advantages, the same
+Data: random token sequences of 300-2,000 tokens (``--lengths``; prompt 200) with random advantages, the same
 for both contenders. agentrl packs them without padding into micro-batches of at most
 ``--max-tokens`` tokens; the baseline pads the same sequences into batches of at most
 ``--max-tokens`` padded tokens, runs the HF model with SDPA attention and computes full logits.
@@ -12,7 +12,7 @@ real (unpadded) tokens. Prints a table and, last, one JSON line.
 
     python bench/trainer_gpu.py [--steps 4] [--tokens-per-step 65536] [--max-tokens 16384] [--profile]
 
-``--profile`` adds a table of the CUDA kernels of one more agentrl step, by total time.
+``--profile`` adds, for each contender, a table of the CUDA kernels of one more step.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, nu
                  num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)
 
 
-def make_sequences(tokens: int, seed: int) -> list[TrainSequence]:
+def make_sequences(tokens: int, seed: int, min_len: int = 300, max_len: int = 2000) -> list[TrainSequence]:
     rng = random.Random(seed)
     out, total = [], 0
     while total < tokens:
-        length = rng.randint(300, 2000)
+        length = rng.randint(min_len, max_len)
         ids = [rng.randrange(1000, 150000) for _ in range(length)]
         n = length - 200
         out.append(TrainSequence(ids, 200, [1] * n, [-1.0] * n, [rng.choice([-1.0, 1.0])] * n, len(out)))
@@ -71,15 +71,20 @@ def run_agentrl(model_dir: str, batches: list[list[TrainSequence]], max_tokens: 
         opt = timed(trainer.apply_gradients)
         rows.append({"fwd_bwd_s": fwd_bwd, "optimizer_s": opt, "step_s": fwd_bwd + opt})
     if profile:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
-            timed(lambda: trainer.accumulate_gradients(batches[-1]))
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20), flush=True)
+        print_profile("agentrl", lambda: trainer.accumulate_gradients(batches[-1]))
     del trainer
     torch.cuda.empty_cache()
     return rows
 
 
-def run_plain(model_dir: str, batches: list[list[TrainSequence]], max_tokens: int) -> list[dict[str, float]]:
+def print_profile(name: str, fn) -> None:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+        timed(fn)
+    print(f"--- {name}: kernels of one step's forward and backward, by CUDA time")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15), flush=True)
+
+
+def run_plain(model_dir: str, batches: list[list[TrainSequence]], max_tokens: int, profile: bool = False) -> list[dict[str, float]]:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     rows = []
@@ -118,6 +123,8 @@ def run_plain(model_dir: str, batches: list[list[TrainSequence]], max_tokens: in
         fb = timed(fwd_bwd)
         opt = timed(step)
         rows.append({"fwd_bwd_s": fb, "optimizer_s": opt, "step_s": fb + opt})
+    if profile:
+        print_profile("plain transformers", fwd_bwd)
     return rows
 
 
@@ -127,7 +134,8 @@ def main() -> None:
     parser.add_argument("--tokens-per-step", type=int, default=65536)
     parser.add_argument("--max-tokens", type=int, default=16384, help="agentrl's packed micro-batch size")
     parser.add_argument("--baseline-max-tokens", type=int, default=8192, help="padded tokens per baseline micro-batch (full logits)")
-    parser.add_argument("--profile", action="store_true", help="print the CUDA kernels of one more agentrl step")
+    parser.add_argument("--lengths", type=int, nargs=2, default=(300, 2000), metavar=("MIN", "MAX"), help="sequence lengths, uniform in [MIN, MAX]")
+    parser.add_argument("--profile", action="store_true", help="print the CUDA kernels of one more step of each")
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = Qwen3Config(**QWEN3_06B)
@@ -136,13 +144,13 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         model.save_pretrained(tmp)
         del model
-        batches = [make_sequences(args.tokens_per_step, seed) for seed in range(args.steps + 1)]  # the first step warms up
+        batches = [make_sequences(args.tokens_per_step, seed, *args.lengths) for seed in range(args.steps + 1)]  # the first step warms up
         results = {}
         for name in ("agentrl", "plain_transformers"):
             if name == "agentrl":
                 rows = run_agentrl(tmp, batches, args.max_tokens, args.profile)[1:]
             else:
-                rows = run_plain(tmp, batches, args.baseline_max_tokens)[1:]
+                rows = run_plain(tmp, batches, args.baseline_max_tokens, args.profile)[1:]
             step_s = sum(r["step_s"] for r in rows) / len(rows)
             tokens = sum(sum(len(s) for s in b) for b in batches[1:]) / len(rows)
             mfu = sum(flops(params, b, cfg) for b in batches[1:]) / len(rows) / (step_s * PEAK_BF16)
@@ -152,7 +160,7 @@ def main() -> None:
                   f"{results[name]['tokens_per_s']:.0f} tok/s  MFU {mfu:.3f}", flush=True)
     print(json.dumps({"bench": "trainer_gpu", "device": torch.cuda.get_device_name(), "torch": torch.__version__, "params": params,
                       "attention": "varlen flash" if varlen_available() else "padded SDPA",
-                      "tokens_per_step": args.tokens_per_step, "max_tokens": args.max_tokens, "baseline_max_tokens": args.baseline_max_tokens, "results": results,
+                      "tokens_per_step": args.tokens_per_step, "lengths": list(args.lengths), "max_tokens": args.max_tokens, "baseline_max_tokens": args.baseline_max_tokens, "results": results,
                       "speedup": results["plain_transformers"]["step_s"] / results["agentrl"]["step_s"]}))
 
 

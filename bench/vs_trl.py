@@ -1,7 +1,7 @@
 """agentrl against TRL's GRPOTrainer: seconds per optimizer step and reward per step.
 
-Same model (SmolLM2-135M-Instruct), task (the math example's prompts and Math-Verify reward),
-prompts per step, samples per prompt, response length, temperature, learning rate, loss
+Same model (SmolLM2-135M-Instruct), task (the math example's prompts, instruction and reward:
+1 for a correct boxed answer, 0.1 for a wrong boxed number, by Math-Verify), prompts per step, samples per prompt, response length, temperature, learning rate, loss
 (per-sample mean, no KL), numeric precision and machine; each configuration runs in its own
 subprocess, one after the other. Also reports agentrl's achieved training FLOP/s against the
 machine's measured bf16 matrix-multiply rate.
@@ -25,6 +25,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS, SAMPLES, NEW_TOKENS, TEMPERATURE, LR = 8, 8, 40, 1.0, 1e-6
+INSTRUCTION = "Write the final answer as \\boxed{ANSWER}, where ANSWER is the number."  # the math example's
+FORMAT_REWARD = 0.1
 
 
 def make_data(path: Path) -> Path:
@@ -40,8 +42,10 @@ def run_agentrl(data: Path, steps: int, bf16: bool, out: Path) -> dict:
     from agentrl.config import load_config
     from agentrl.train import train
 
+    config = out / "env.yaml"
+    config.write_text(json.dumps({"env-kwargs": {"instruction": INSTRUCTION, "format_reward": FORMAT_REWARD}}))  # JSON is YAML
     cfg = load_config([
-        "--prompt-data", str(data), "--num-rollout", str(steps + 1), "--rollout-batch-size", str(PROMPTS),
+        "--config", str(config), "--prompt-data", str(data), "--num-rollout", str(steps + 1), "--rollout-batch-size", str(PROMPTS),
         "--n-samples-per-prompt", str(SAMPLES), "--rollout-max-response-len", str(NEW_TOKENS),
         "--rollout-temperature", str(TEMPERATURE), "--lr", str(LR), "--output-dir", str(out),
         "--use-dynamic-batch-size", "--max-tokens-per-gpu", "8192", "--bf16" if bf16 else "--no-bf16",
@@ -65,15 +69,15 @@ def run_trl(data: Path, steps: int, bf16: bool, out: Path) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from agentrl.envs.math_env import DEFAULT_INSTRUCTION
     from agentrl.models.resolve import resolve_model
     from agentrl.rewards import score_math_answer
 
     rows = [json.loads(line) for line in data.read_text().splitlines()][: PROMPTS * (steps + 1)]
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": f"{r['input']}\n{DEFAULT_INSTRUCTION}"}], "label": r["label"]} for r in rows])
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": f"{r['input']}\n{INSTRUCTION}"}], "label": r["label"]} for r in rows])
 
-    def reward(completions, label, **_):
-        return [score_math_answer(c[0]["content"], y).reward for c, y in zip(completions, label)]
+    def reward(completions, label, **_):  # MathEnv's reward with format_reward=FORMAT_REWARD
+        scores = [score_math_answer(c[0]["content"], y) for c, y in zip(completions, label)]
+        return [s.reward or (FORMAT_REWARD if s.format_ok else 0.0) for s in scores]
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -125,7 +129,7 @@ def main() -> None:
             run = run_agentrl if framework == "agentrl" else run_trl
             print("RESULT " + json.dumps(run(Path(data), args.steps, precision == "bf16", Path(tmp))), flush=True)
         return
-    shared = {"model": "SmolLM2-135M-Instruct", "task": "examples/math arithmetic, Math-Verify boxed reward", "prompts_per_step": PROMPTS,
+    shared = {"model": "SmolLM2-135M-Instruct", "task": "examples/math arithmetic, its instruction, reward 1 correct / 0.1 boxed number", "prompts_per_step": PROMPTS,
               "samples_per_prompt": SAMPLES, "max_new_tokens": NEW_TOKENS, "temperature": TEMPERATURE, "lr": LR, "loss": "per-sample mean (TRL loss_type=grpo), no KL"}
     print("configuration:", json.dumps(shared))
     results: dict[str, dict] = {}

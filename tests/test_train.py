@@ -4,6 +4,11 @@ metrics, plots, dumps, checkpoints, export, resume, and the one-step-async loop.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -62,16 +67,88 @@ def test_train_writes_what_a_user_sees(tiny_dir, data, tmp_path, mode):
     assert any((out / "tensorboard").iterdir())
 
 
-def test_resume_continues_from_the_checkpoint_with_the_same_data_order(tiny_dir, data, tmp_path):
+def test_a_run_killed_during_step_3_resumes_to_the_same_steps_3_and_4(tiny_dir, data, tmp_path, monkeypatch):
+    """SIGKILL, not a clean stop: the killed process gets no chance to save anything more."""
     full, part = tmp_path / "full", tmp_path / "part"
-    train(load_config(args(tiny_dir, data, full, "--num-rollout", "4")))
-    train(load_config(args(tiny_dir, data, part, "--num-rollout", "2")))
-    train(load_config(args(tiny_dir, data, part, "--num-rollout", "4", "--load", str(part / "checkpoints"))))
+    evals = tmp_path / "eval.jsonl"  # a long eval at the start of step 3 (eval-interval 2) is where the kill lands
+    evals.write_text("".join(json.dumps({"input": f"What is {i} + 2?", "label": str(i + 2)}) + "\n" for i in range(1500)))
+    # a reward that varies within groups, so every step trains and the optimizer state matters
+    (tmp_path / "length_rm.py").write_text("async def reward(args, sample, **kw):\n    return float(len(sample.response) % 3)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_args = lambda out, *extra: [  # noqa: E731
+        *args(tiny_dir, data, out, "--num-rollout", "4", "--lr-decay-style", "cosine", "--custom-rm-path", "length_rm.reward", *extra),
+        "--eval-prompt-data", "small", str(evals),
+    ]
+    train(load_config(run_args(full)))
+
+    proc = subprocess.Popen([sys.executable, "-m", "agentrl.cli", "train", *run_args(part)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = part / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not (latest.is_file() and latest.read_text() == "step_00002"):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the run never saved step 2"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert latest.read_text() == "step_00002", "the kill came after step 3 had finished"
+    assert not (part / "rollouts" / "step_00003.jsonl").exists()
+
+    train(load_config(run_args(part, "--load", str(part / "checkpoints"))))
     full_steps = {r["step"]: r for r in records(full) if "rollout/reward_mean" in r}
     part_steps = {r["step"]: r for r in records(part) if "rollout/reward_mean" in r}
     assert sorted(part_steps) == [1, 2, 3, 4]
     for step in (3, 4):  # same tasks (data position restored) and same sampled tokens (--deterministic)
-        assert part_steps[step]["rollout/response_len_mean"] == full_steps[step]["rollout/response_len_mean"]
-        assert part_steps[step]["rollout/reward_mean"] == full_steps[step]["rollout/reward_mean"]
+        for key in ("rollout/response_len_mean", "rollout/reward_mean"):
+            assert part_steps[step][key] == full_steps[step][key], key
+        for key in ("train/pg_loss", "train/grad_norm", "train/lr"):
+            assert part_steps[step][key] == pytest.approx(full_steps[step][key], rel=1e-4, abs=1e-7), key
     dump = lambda run, step: [r["segments"] for r in map(json.loads, (run / "rollouts" / f"step_{step:05d}.jsonl").read_text().splitlines())]  # noqa: E731
     assert dump(part, 3) == dump(full, 3) and dump(part, 4) == dump(full, 4)
+
+
+SLIME_GENERATE = '''
+from agentrl.compat.slime import Sample, post
+from transformers import AutoTokenizer
+
+
+async def generate(args, sample, sampling_params):
+    """Written as for slime: its own /generate call, an observation the model did not write."""
+    tokenizer = AutoTokenizer.from_pretrained(args.hf_checkpoint)
+    prompt_ids = tokenizer.encode(sample.prompt, add_special_tokens=False)
+    url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}/generate"
+    out = await post(url, {"input_ids": prompt_ids, "sampling_params": sampling_params, "return_logprob": True})
+    if sample.index == 1:
+        raise RuntimeError("this task's tool is down")
+    ids = [t for _, t, _ in out["meta_info"]["output_token_logprobs"]]
+    logprobs = [lp for lp, _, _ in out["meta_info"]["output_token_logprobs"]]
+    observation = tokenizer.encode("<information>42</information>", add_special_tokens=False)
+    sample.tokens = prompt_ids + ids + observation
+    sample.response_length = len(ids) + len(observation)
+    sample.loss_mask = [1] * len(ids) + [0] * len(observation)
+    sample.rollout_log_probs = logprobs + [0.0] * len(observation)
+    sample.response = out["text"]
+    length = out["meta_info"]["finish_reason"]["type"] == "length"
+    sample.status = Sample.Status.TRUNCATED if length else Sample.Status.COMPLETED
+    return sample
+'''
+
+
+def test_a_slime_generate_function_runs_against_the_engine_over_http(tiny_dir, data, tmp_path, monkeypatch):
+    (tmp_path / "my_generate.py").write_text(SLIME_GENERATE)
+    (tmp_path / "length_rm.py").write_text("async def reward(args, sample, **kw):\n    return float(len(sample.response) % 3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    train(load_config(args(tiny_dir, data, out, "--num-rollout", "2", "--custom-generate-function-path", "my_generate.generate",
+                           "--custom-rm-path", "length_rm.reward", "--no-bf16", "--rollout-batch-size", "3")))
+    steps = [r for r in records(out) if "rollout/reward_mean" in r]
+    first = steps[0]
+    assert first["rollout/excluded"] == 2  # task 1's two samples: the function raised; the step trained on the rest
+    assert first["rollout/termination/env_error"] == 2
+    # the trainer's log-probs of the tokens the server returned equal the server's (same weights, fp32)
+    assert first["train/train_rollout_logprob_abs_diff"] < 1e-4
+    dumped = [json.loads(line) for line in (out / "rollouts" / "step_00001.jsonl").read_text().splitlines()]
+    kept = [r for r in dumped if r["termination"] != "env_error"]
+    assert all(r["segments"][0]["loss_mask"][-1] == 0 for r in kept)  # the observation is masked
+    assert "RuntimeError: this task's tool is down" in next(r["error"] for r in dumped if r["termination"] == "env_error")

@@ -9,7 +9,6 @@ the last ``\\boxed{}``. ``--custom-rm-path pkg.module:fn`` takes slime's signatu
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from agentrl.compat.slime import Sample
 from agentrl.envs.core import Action, Env, Message, StepResult, Task
 from agentrl.envs.wrappers import Wrapper
 from agentrl.errors import ConfigError
+from agentrl.plugins import load_function
 from agentrl.rewards.math import score_math_answer
 from agentrl.rewards.remote import RemoteRewardModel
 from agentrl.rewards.text import exact_match, f1_score
@@ -67,11 +67,7 @@ def make_reward_fn(rm_type: str | None = None, *, rm_url: str | None = None, cus
 
 
 def _custom(path: str, args: Any) -> RewardFn:
-    module_name, _, attr = path.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr or "reward_func")
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"--custom-rm-path {path!r} could not be loaded: {e}") from e
+    fn = load_function(path, flag="--custom-rm-path")
     if not inspect.iscoroutinefunction(fn):
         raise ConfigError(f"--custom-rm-path {path!r} must be an async function (args, sample, **kwargs) -> float, as in slime")
 

@@ -81,6 +81,32 @@ class RolloutConfig:
             raise ValueError(f"RolloutConfig.max_turns must be >= 1 or None, got {self.max_turns}")
 
 
+async def play_groups(
+    tasks: Iterable[Task], config: RolloutConfig, play: Callable[[Task, int], Awaitable[Trajectory]], *, progress: bool = True, desc: str = "rollout",
+) -> list[Trajectory]:
+    """``config.n_samples_per_prompt`` episodes of each task through ``play(task, sample_index)``,
+    at most ``config.concurrency`` at once, with a progress bar of the running mean reward;
+    ordered by (task, sample)."""
+    jobs = [(t, k) for t in tasks for k in range(config.n_samples_per_prompt)]
+    limit = asyncio.Semaphore(config.concurrency)
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
+    total_reward, done = 0.0, 0
+
+    async def one(task: Task, k: int) -> Trajectory:
+        nonlocal total_reward, done
+        async with limit:
+            trajectory = await play(task, k)
+        total_reward, done = total_reward + trajectory.reward, done + 1
+        bar.set_postfix(reward=f"{total_reward / done:.3f}", refresh=False)
+        bar.update(1)
+        return trajectory
+
+    try:
+        return list(await asyncio.gather(*(one(t, k) for t, k in jobs)))
+    finally:
+        bar.close()
+
+
 def derive_seed(seed: int, *parts: int) -> int:
     """A 31-bit seed determined by ``seed`` and ``parts`` (task index, sample index, turn)."""
     return random.Random("/".join(map(str, (seed, *parts)))).getrandbits(31)
@@ -126,24 +152,7 @@ class RolloutRunner:
     async def run(self, tasks: Iterable[Task], *, progress: bool = True, desc: str = "rollout") -> list[Trajectory]:
         """Play ``n_samples_per_prompt`` episodes per task; trajectories come back ordered by
         (task, sample), so consecutive runs of ``n_samples_per_prompt`` form the groups."""
-        jobs = [(t, k) for t in tasks for k in range(self.config.n_samples_per_prompt)]
-        limit = asyncio.Semaphore(self.config.concurrency)
-        bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
-        total_reward, done = 0.0, 0
-
-        async def one(task: Task, k: int) -> Trajectory:
-            nonlocal total_reward, done
-            async with limit:
-                trajectory = await self.run_episode(task, k)
-            total_reward, done = total_reward + trajectory.reward, done + 1
-            bar.set_postfix(reward=f"{total_reward / done:.3f}", refresh=False)
-            bar.update(1)
-            return trajectory
-
-        try:
-            return list(await asyncio.gather(*(one(t, k) for t, k in jobs)))
-        finally:
-            bar.close()
+        return await play_groups(tasks, self.config, self.run_episode, progress=progress, desc=desc)
 
     async def run_episode(self, task: Task, sample_index: int = 0) -> Trajectory:
         """Play one episode to its end; never raises for env or engine failures."""

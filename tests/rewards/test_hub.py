@@ -53,8 +53,12 @@ async def test_custom_rm_path_takes_slime_signature(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     fn = make_reward_fn(custom_rm_path="my_rm:reward", args={"bonus": 0.5})
     assert await fn(RewardInput("q", " 4 ", "4", {})) == 1.5
+    slime_spelling = make_reward_fn(custom_rm_path="my_rm.reward", args={"bonus": 0.0})  # slime's dotted path
+    assert await slime_spelling(RewardInput("q", "4", "4", {})) == 1.0
     with pytest.raises(ConfigError, match="must be an async function"):
         make_reward_fn(custom_rm_path="my_rm:not_async")
+    with pytest.raises(ConfigError, match="could not be loaded"):
+        make_reward_fn(custom_rm_path="my_rm.missing")
     sys.modules.pop("my_rm", None)
 
 
