@@ -3,7 +3,9 @@
 Strategy: every trajectory segment becomes one :class:`TrainSequence` (its tokens, which
 positions are trained, their advantages and rollout log-probs). Sequences are packed *without
 padding* into micro-batches: concatenated along one row ``[1, T]`` with position ids restarting
-at 0 for each sequence, which the model's attention turns into a block-diagonal causal mask.
+at 0 for each sequence; each attends only to itself, causally. The samples of one GRPO group
+share their prompt: packed next to each other, later ones keep only their response tokens and
+attend to the first one's copy of the prompt.
 
 Invariants (checked by ``tests/trainers/test_batching.py``):
   * every sequence lands in exactly one micro-batch, in order, none split;
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from agentrl.rollout.trajectory import Trajectory
 from agentrl.trainers.algorithms import AdvantageEstimator, sample_advantages, whiten
-from agentrl.trainers.packed_attention import cumulative_lengths
+from agentrl.trainers.packed_attention import AttentionLayout, attention_layout, cumulative_lengths
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,9 @@ class MicroBatch:
         loss_mask, rollout_logprobs, advantages: ``[N]`` per response token.
         sample_index: ``[N]`` the step-level sample of each response token.
         local_index: ``[N]`` the sequence within this micro-batch of each response token.
-        cu_seq_lens: ``[S + 1]`` int32 offsets of the ``S`` sequences in the row.
-        max_length: the longest sequence's length.
+        cu_seq_lens: ``[S + 1]`` int32 offsets of the ``S`` runs of tokens in the row (one per sequence).
+        max_length: the longest run's length.
+        layout: what each run attends to (its own tokens, after a shared prompt if it has one).
     """
 
     input_ids: Tensor
@@ -156,31 +159,53 @@ class MicroBatch:
     local_index: Tensor
     cu_seq_lens: Tensor
     max_length: int
+    layout: AttentionLayout
 
     @property
     def num_tokens(self) -> int:
         return self.input_ids.shape[1]
 
     def to(self, device: torch.device | str) -> MicroBatch:
-        return MicroBatch(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in vars(self).items()})
+        return MicroBatch(**{k: v if isinstance(v, int) else v.to(device) for k, v in vars(self).items()})
 
 
-def collate(sequences: Sequence[TrainSequence]) -> MicroBatch:
-    """Concatenate ``sequences`` into one packed :class:`MicroBatch` (no padding)."""
+def collate(sequences: Sequence[TrainSequence], *, share_prompts: bool = True) -> MicroBatch:
+    """Concatenate ``sequences`` into one packed :class:`MicroBatch` (no padding).
+
+    With ``share_prompts``, a sequence whose prompt equals that of an earlier sequence in the
+    micro-batch (the samples of one GRPO group) contributes only its response tokens, at the
+    positions they would have after the prompt, attending to the earlier copy of the prompt: the
+    same logits and gradients for fewer tokens.
+    """
     ids, positions, pred, targets, mask, rollout, adv, sample, local = ([] for _ in range(9))
+    runs: list[tuple[int, int]] = []
+    prefixes: list[tuple[int, int]] = []
+    prompt_at: dict[tuple[int, ...], int] = {}  # prompt -> where its first copy starts in the row
     offset = 0
     for k, seq in enumerate(sequences):
-        n_resp = len(seq) - seq.prompt_len
-        ids.extend(seq.token_ids)
-        positions.extend(range(len(seq)))
-        pred.extend(range(offset + seq.prompt_len - 1, offset + len(seq) - 1))
+        prompt = tuple(seq.token_ids[: seq.prompt_len])
+        shared = prompt_at.get(prompt) if share_prompts else None
+        first = seq.prompt_len if shared is not None else 0  # tokens of this sequence already in the row
+        if shared is None:
+            prompt_at[prompt] = offset
+        tokens = seq.token_ids[first:]
+        ids.extend(tokens)
+        positions.extend(range(first, len(seq)))
+        runs.append((offset, offset + len(tokens)))
+        prefixes.append((shared, seq.prompt_len) if shared is not None else (offset, 0))
+        # position predicting each response token: the prompt's last token, then the response's own
+        last_prompt_token = (shared if shared is not None else offset) + seq.prompt_len - 1
+        own_start = offset - first  # row position the sequence's token 0 would have
+        pred.append(last_prompt_token)
+        pred.extend(range(own_start + seq.prompt_len, own_start + len(seq) - 1))
         targets.extend(seq.token_ids[seq.prompt_len:])
         mask.extend(seq.loss_mask)
         rollout.extend(seq.rollout_logprobs)
         adv.extend(seq.advantages)
+        n_resp = len(seq) - seq.prompt_len
         sample.extend([seq.sample_index] * n_resp)
         local.extend([k] * n_resp)
-        offset += len(seq)
+        offset += len(tokens)
     long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
     return MicroBatch(
         input_ids=long(ids).unsqueeze(0),
@@ -192,6 +217,18 @@ def collate(sequences: Sequence[TrainSequence]) -> MicroBatch:
         advantages=torch.tensor(adv, dtype=torch.float32),
         sample_index=long(sample),
         local_index=long(local),
-        cu_seq_lens=cumulative_lengths([len(s) for s in sequences], "cpu"),
-        max_length=max((len(s) for s in sequences), default=0),
+        cu_seq_lens=cumulative_lengths([end - start for start, end in runs], "cpu"),
+        max_length=max((end - start for start, end in runs), default=0),
+        layout=attention_layout(runs, prefixes),
     )
+
+
+def packed_lengths(sequences: Sequence[TrainSequence], *, share_prompts: bool = True) -> list[int]:
+    """The tokens each sequence adds to a row when packed in order: its response only when the
+    previous sequence had the same prompt (micro-batch budgets are planned with these)."""
+    out = []
+    for i, seq in enumerate(sequences):
+        prev = sequences[i - 1] if i else None
+        same = share_prompts and prev is not None and prev.token_ids[: prev.prompt_len] == seq.token_ids[: seq.prompt_len]
+        out.append(len(seq) - seq.prompt_len if same else len(seq))
+    return out

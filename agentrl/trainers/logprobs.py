@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from agentrl.trainers.packed_attention import PACKED_ATTENTION  # noqa: F401  (registers the attention)
+from agentrl.trainers.packed_attention import AttentionLayout  # importing it registers the attention
 
 DEFAULT_CHUNK = 1024
 
@@ -23,18 +23,19 @@ DEFAULT_CHUNK = 1024
 class PackedDecoder(nn.Module):
     """The decoder of a causal LM (loaded with :data:`PACKED_ATTENTION`) run on packed rows.
 
-    ``forward(input_ids [1, T], position_ids [1, T], cu_seq_lens [N + 1], max_length)`` returns
-    the final hidden states ``[T, H]``; each sequence attends only to itself, causally. This is
-    the module data parallelism wraps: the LM head runs outside it, chunk by chunk.
+    ``forward(input_ids [1, T], position_ids [1, T], cu_seq_lens [R + 1], max_length, layout)``
+    returns the final hidden states ``[T, H]``; each run of tokens attends as ``layout`` says
+    (itself causally, after a shared prompt if it has one). The LM head runs outside it, chunk
+    by chunk.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, cu_seq_lens: Tensor, max_length: int) -> Tensor:
+    def forward(self, input_ids: Tensor, position_ids: Tensor, cu_seq_lens: Tensor, max_length: int, layout: AttentionLayout) -> Tensor:
         out = self.model.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False,
+            input_ids=input_ids, position_ids=position_ids, use_cache=False, attention_layout=layout,
             cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=max_length, max_length_k=max_length,
         )
         return out.last_hidden_state[0]

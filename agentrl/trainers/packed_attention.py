@@ -9,16 +9,18 @@ gathers the sequences into a padded batch for one causal SDPA call (a loop of pe
 calls costs a full-row gradient buffer per sequence in backward, quadratic in the count). It is registered with transformers under
 :data:`PACKED_ATTENTION`.
 
-The sequence boundaries come as transformers' flash-attention keyword arguments
-``cu_seq_lens_q`` (``[N + 1]`` int32 offsets, on the model's device) and ``max_length_q``, which
-:func:`agentrl.trainers.logprobs.hidden_states` computes once per micro-batch, so no layer reads
-them back from the device.
+The row's structure comes as keyword arguments computed once per micro-batch (so no layer reads
+anything back from the device): transformers' flash-attention ``cu_seq_lens_q`` (``[R + 1]``
+int32 offsets of the row's runs) and ``max_length_q``, and an :class:`AttentionLayout`. Runs of
+one GRPO group may share a single copy of their prompt (see
+:func:`agentrl.trainers.batching.collate`); such rows take the padded path with a mask.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +39,56 @@ def cumulative_lengths(lengths: list[int], device: torch.device | str) -> Tensor
     return torch.tensor(offsets, dtype=torch.int32, device=device)
 
 
+@dataclass
+class AttentionLayout:
+    """Which positions of a packed row each query attends to, as padded gather indices.
+
+    The row holds ``R`` runs of tokens. Run ``r`` occupies ``[start_r, end_r)`` and may extend a
+    *prefix*: a range of another run's tokens that its tokens attend to before their own (a group's
+    samples share one copy of their prompt). A query at offset ``i`` of run ``r`` sees the whole
+    prefix and offsets ``0..i`` of its own run.
+
+    Attributes:
+        query_index: ``[R, Lq]`` row positions of each run's tokens (0 in padding slots).
+        key_index: ``[R, Lk]`` row positions of each run's keys: its prefix, then itself.
+        visible: ``[R, 1, Lq, Lk]`` whether a query slot may attend to a key slot.
+        real_queries: ``[R * Lq]`` which query slots are tokens, in row order.
+        shares_prefixes: whether any run has a prefix (if not, ``cu_seq_lens`` describes it all).
+    """
+
+    query_index: Tensor
+    key_index: Tensor
+    visible: Tensor
+    real_queries: Tensor
+    shares_prefixes: bool
+
+    def to(self, device: torch.device | str) -> AttentionLayout:
+        return AttentionLayout(self.query_index.to(device), self.key_index.to(device), self.visible.to(device),
+                               self.real_queries.to(device), self.shares_prefixes)
+
+
+def attention_layout(runs: list[tuple[int, int]], prefixes: list[tuple[int, int]]) -> AttentionLayout:
+    """The layout of runs ``[(start, end), ...]`` with prefixes ``[(prefix_start, prefix_len), ...]``
+    (``prefix_len`` 0 for none), on CPU."""
+    lengths = [end - start for start, end in runs]
+    q_len = max(lengths, default=1)
+    k_len = max((n + p for n, (_, p) in zip(lengths, prefixes)), default=1)
+    query_index = torch.zeros(len(runs), q_len, dtype=torch.long)
+    key_index = torch.zeros(len(runs), k_len, dtype=torch.long)
+    visible = torch.zeros(len(runs), 1, q_len, k_len, dtype=torch.bool)
+    causal = torch.ones(q_len, q_len, dtype=torch.bool).tril()
+    for r, ((start, end), (p_start, p_len)) in enumerate(zip(runs, prefixes)):
+        n = end - start
+        query_index[r, :n] = torch.arange(start, end)
+        key_index[r, :p_len] = torch.arange(p_start, p_start + p_len)
+        key_index[r, p_len : p_len + n] = torch.arange(start, end)
+        visible[r, 0, :n, :p_len] = True
+        visible[r, 0, :n, p_len : p_len + n] = causal[:n, :n]
+        visible[r, 0, n:, 0] = True  # padding queries see one key, so their softmax is defined
+    real = (torch.arange(q_len) < torch.tensor(lengths)[:, None]).flatten()
+    return AttentionLayout(query_index, key_index, visible, real, any(p for _, p in prefixes))
+
+
 def packed_attention(
     module: nn.Module,
     query: Tensor,
@@ -47,43 +99,40 @@ def packed_attention(
     scaling: float | None = None,
     cu_seq_lens_q: Tensor | None = None,
     max_length_q: int | None = None,
+    attention_layout: AttentionLayout | None = None,
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
-    """Causal attention per packed sequence. ``query`` is ``[1, H, T, D]``, ``key``/``value``
-    ``[1, H_kv, T, D]``; returns ``[1, T, H, D]`` as transformers' attention functions do."""
-    if query.shape[0] != 1 or cu_seq_lens_q is None or max_length_q is None or attention_mask is not None:
-        raise ValueError(f"{PACKED_ATTENTION} attention takes one packed row with cu_seq_lens_q and max_length_q and no attention mask")
+    """Causal attention per packed run (see :class:`AttentionLayout`). ``query`` is
+    ``[1, H, T, D]``, ``key``/``value`` ``[1, H_kv, T, D]``; returns ``[1, T, H, D]`` as
+    transformers' attention functions do."""
+    if query.shape[0] != 1 or cu_seq_lens_q is None or max_length_q is None or attention_layout is None or attention_mask is not None:
+        raise ValueError(f"{PACKED_ATTENTION} attention takes one packed row with cu_seq_lens_q, max_length_q and attention_layout, and no attention mask")
     dropout = dropout if module.training else 0.0
     if query.is_cuda and torch.is_autocast_enabled("cuda"):  # q/k norms (Qwen3) hand back fp32 under autocast
         dtype = torch.get_autocast_dtype("cuda")
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-    if _can_use_varlen(query, dropout, scaling):
+    if not attention_layout.shares_prefixes and _can_use_varlen(query, dropout, scaling):
         return _varlen_attention(query, key, value, cu_seq_lens_q, max_length_q, scaling), None
-    return _padded_attention(query, key, value, cu_seq_lens_q, max_length_q, scaling, dropout), None
+    return _padded_attention(query, key, value, attention_layout, scaling, dropout), None
 
 
-def _padded_attention(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_len: int, scaling: float | None, dropout: float) -> Tensor:
-    """Gather the row's sequences into a padded ``[S, H, max_len, D]`` batch, run one causal SDPA
-    and gather the real positions back. Padding sits at the end of each sequence, so causal
-    attention never lets a real position see it; the gathers' backward is one scatter each."""
-    offsets = cu.to("cpu", torch.long)
-    lengths = offsets[1:] - offsets[:-1]
-    positions = torch.arange(max_len)
-    real = positions < lengths[:, None]  # [S, L]
-    index = torch.where(real, offsets[:-1, None] + positions, 0).flatten().to(query.device)
-
+def _padded_attention(query: Tensor, key: Tensor, value: Tensor, layout: AttentionLayout, scaling: float | None, dropout: float) -> Tensor:
+    """Gather each run's queries and keys (prefix first) into padded batches, run one masked
+    SDPA call and put the real queries back in row order; the gathers' backward is one scatter
+    each (a loop of per-run calls costs a full-row gradient buffer per run in backward)."""
     # CPU SDPA's bf16 backward is several times slower than its fp32 one at these sizes
     dtype = torch.float32 if query.device.type == "cpu" else query.dtype
 
-    def gather(t: Tensor) -> Tensor:  # [1, H, T, D] -> [S, H, L, D]
-        return t[0].index_select(1, index).unflatten(1, real.shape).transpose(0, 1).to(dtype)
+    def gather(t: Tensor, index: Tensor) -> Tensor:  # [1, H, T, D] -> [R, H, L, D]
+        return t[0].index_select(1, index.flatten()).unflatten(1, index.shape).transpose(0, 1).to(dtype)
 
     out = nn.functional.scaled_dot_product_attention(
-        gather(query), gather(key), gather(value),
-        is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=query.shape[1] != key.shape[1],
+        gather(query, layout.query_index), gather(key, layout.key_index), gather(value, layout.key_index),
+        attn_mask=layout.visible if layout.shares_prefixes else None, is_causal=not layout.shares_prefixes,
+        scale=scaling, dropout_p=dropout, enable_gqa=query.shape[1] != key.shape[1],
     )
-    out = out.to(query.dtype).transpose(1, 2).flatten(0, 1)  # [S * L, H, D]
-    return out[real.flatten().to(query.device)].unsqueeze(0)
+    out = out.to(query.dtype).transpose(1, 2).flatten(0, 1)  # [R * Lq, H, D]
+    return out[layout.real_queries].unsqueeze(0)
 
 
 def varlen_available() -> bool:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
-from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, pack
+from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, pack, packed_lengths
 from agentrl.trainers.logprobs import PackedDecoder, chosen_logprobs
 from agentrl.trainers.lr_schedule import LrDecayStyle, learning_rate
 from agentrl.trainers.packed_attention import PACKED_ATTENTION
@@ -197,14 +197,14 @@ class TorchTrainer:
         return {"train/grad_norm": float(grad_norm), "train/lr": lr}
 
     def _micro_batches(self, sequences: Sequence[TrainSequence]) -> list[list[int]]:
-        lengths = [len(s) for s in sequences]
+        lengths = packed_lengths(sequences)
         if self.config.use_dynamic_batch_size:
             return pack(lengths, max_tokens=self.config.max_tokens_per_gpu)
         return pack(lengths, max_sequences=self.config.micro_batch_size)
 
     def _loss_inputs(self, batch: MicroBatch, weights: Tensor, old: list[Tensor] | None, ref: list[Tensor] | None, indices: list[int]) -> LossInputs:
         with self._autocast():
-            hidden = self.decoder(batch.input_ids, batch.position_ids, batch.cu_seq_lens, batch.max_length)
+            hidden = self.decoder(batch.input_ids, batch.position_ids, batch.cu_seq_lens, batch.max_length, batch.layout)
             logp, entropy = chosen_logprobs(
                 hidden[batch.pred_index], self.model.get_output_embeddings(), batch.targets,
                 temperature=self.config.temperature, with_entropy=self.loss.entropy_coef != 0,
@@ -232,7 +232,7 @@ class TorchTrainer:
         for batch_indices in self._micro_batches(sequences):
             batch = collate([sequences[i] for i in batch_indices]).to(self.device)
             with self._autocast():
-                hidden = PackedDecoder(model)(batch.input_ids, batch.position_ids, batch.cu_seq_lens, batch.max_length)
+                hidden = PackedDecoder(model)(batch.input_ids, batch.position_ids, batch.cu_seq_lens, batch.max_length, batch.layout)
                 logp, _ = chosen_logprobs(hidden[batch.pred_index], model.get_output_embeddings(), batch.targets, temperature=self.config.temperature)
             sizes = [len(sequences[i]) - sequences[i].prompt_len for i in batch_indices]
             out.extend(logp.cpu().split(sizes))

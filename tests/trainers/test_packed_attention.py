@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from agentrl.trainers.packed_attention import cumulative_lengths, packed_attention, varlen_available
+from agentrl.trainers.packed_attention import attention_layout, cumulative_lengths, packed_attention, varlen_available
 
 LENGTHS = [5, 17, 1, 33, 8]
 
@@ -30,7 +30,9 @@ def per_sequence_reference(q, k, v):
 def run(q, k, v):
     module = nn.Module().eval()
     cu = cumulative_lengths(LENGTHS, q.device)
-    out, _ = packed_attention(module, q, k, v, None, cu_seq_lens_q=cu, max_length_q=max(LENGTHS))
+    bounds = cu.tolist()
+    layout = attention_layout(list(zip(bounds[:-1], bounds[1:])), [(0, 0)] * len(LENGTHS)).to(q.device)
+    out, _ = packed_attention(module, q, k, v, None, cu_seq_lens_q=cu, max_length_q=max(LENGTHS), attention_layout=layout)
     return out
 
 
@@ -54,7 +56,7 @@ def test_padded_path_equals_per_sequence_attention_on_cpu():
 
 def test_rejects_a_row_without_sequence_offsets():
     q, k, v = qkv("cpu", torch.float32)
-    with pytest.raises(ValueError, match="cu_seq_lens_q"):
+    with pytest.raises(ValueError, match="attention_layout"):
         packed_attention(nn.Module(), q, k, v, None)
 
 

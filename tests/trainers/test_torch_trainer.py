@@ -14,12 +14,15 @@ from agentrl.trainers.batching import TrainSequence, collate, pack
 from agentrl.trainers.torch_trainer import TorchTrainer, TrainerConfig
 
 
-def make_sequences(n: int, seed: int = 0, *, samples: int | None = None) -> list[TrainSequence]:
+def make_sequences(n: int, seed: int = 0, *, samples: int | None = None, group: int = 1) -> list[TrainSequence]:
+    """``n`` random sequences; each run of ``group`` consecutive ones shares its prompt (a GRPO group)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        prompt, response = rng.randint(3, 12), rng.randint(2, 10)
-        ids = [rng.randrange(512) for _ in range(prompt + response)]
+        if i % group == 0:
+            prompt_ids = [rng.randrange(512) for _ in range(rng.randint(3, 12))]
+        prompt, response = len(prompt_ids), rng.randint(2, 10)
+        ids = prompt_ids + [rng.randrange(512) for _ in range(response)]
         mask = [1 if rng.random() < 0.8 else 0 for _ in range(response)]
         mask[0] = 1
         out.append(TrainSequence(ids, prompt, mask, [-1.0] * response, [rng.choice([-1.0, 0.5, 2.0])] * response, i % (samples or n)))
@@ -56,10 +59,11 @@ def padded_loss(model, seqs: list[TrainSequence], per_token: bool) -> torch.Tens
     return loss
 
 
+@pytest.mark.parametrize("group", [1, 3], ids=["own_prompts", "shared_prompts"])
 @pytest.mark.parametrize("per_token", [False, True])
 @pytest.mark.parametrize("batching", [dict(micro_batch_size=1), dict(micro_batch_size=3), dict(use_dynamic_batch_size=True, max_tokens_per_gpu=40)])
-def test_packed_micro_batches_give_the_padded_loss_and_gradients(tiny_model_dir, per_token, batching):
-    seqs = make_sequences(7)
+def test_packed_micro_batches_give_the_padded_loss_and_gradients(tiny_model_dir, per_token, batching, group):
+    seqs = make_sequences(7, group=group)
     trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, global_batch_size=7, calculate_per_token_loss=per_token, **batching), LossConfig())
     metrics = trainer.accumulate_gradients(seqs)
     packed = grads(trainer.model)
@@ -91,6 +95,18 @@ def test_collate_selects_the_trained_positions_and_their_targets():
     torch.testing.assert_close(flat[batch.pred_index + 1], batch.targets)
     assert batch.targets.tolist() == [t for s in seqs for t in s.token_ids[s.prompt_len:]]
     assert (batch.position_ids[0] == 0).sum() == 3
+
+
+def test_collate_stores_a_groups_prompt_once():
+    seqs = make_sequences(6, seed=4, group=3)
+    batch = collate(seqs)
+    saved = 2 * seqs[0].prompt_len + 2 * seqs[3].prompt_len
+    assert batch.num_tokens == sum(len(s) for s in seqs) - saved
+    assert batch.targets.tolist() == [t for s in seqs for t in s.token_ids[s.prompt_len:]]
+    runs = batch.cu_seq_lens.tolist()
+    assert batch.position_ids[0, runs[1]].item() == seqs[1].prompt_len  # a later sample continues after the shared prompt
+    assert batch.layout.shares_prefixes
+    assert collate(seqs, share_prompts=False).num_tokens == sum(len(s) for s in seqs)
 
 
 def test_first_step_is_on_policy_ratio_one_and_kl_zero(tiny_model_dir):
