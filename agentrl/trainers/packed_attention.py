@@ -29,6 +29,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
 PACKED_ATTENTION = "agentrl_packed"
+MATH_ATTENTION_MAX_SCORES = 2**26
+"""On CPU, attention scores up to this many elements are computed as plain matmuls (faster than
+SDPA's CPU backward for short rows); larger ones go through memory-efficient SDPA."""
 
 
 def cumulative_lengths(lengths: list[int], device: torch.device | str) -> Tensor:
@@ -120,19 +123,29 @@ def _padded_attention(query: Tensor, key: Tensor, value: Tensor, layout: Attenti
     """Gather each run's queries and keys (prefix first) into padded batches, run one masked
     SDPA call and put the real queries back in row order; the gathers' backward is one scatter
     each (a loop of per-run calls costs a full-row gradient buffer per run in backward)."""
-    # CPU SDPA's bf16 backward is several times slower than its fp32 one at these sizes
-    dtype = torch.float32 if query.device.type == "cpu" else query.dtype
-
     def gather(t: Tensor, index: Tensor) -> Tensor:  # [1, H, T, D] -> [R, H, L, D]
-        return t[0].index_select(1, index.flatten()).unflatten(1, index.shape).transpose(0, 1).to(dtype)
+        return t[0].index_select(1, index.flatten()).unflatten(1, index.shape).transpose(0, 1)
 
-    out = nn.functional.scaled_dot_product_attention(
-        gather(query, layout.query_index), gather(key, layout.key_index), gather(value, layout.key_index),
-        attn_mask=layout.visible if layout.shares_prefixes else None, is_causal=not layout.shares_prefixes,
-        scale=scaling, dropout_p=dropout, enable_gqa=query.shape[1] != key.shape[1],
-    )
+    q, k, v = gather(query, layout.query_index), gather(key, layout.key_index), gather(value, layout.key_index)
+    scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+    if query.device.type == "cpu" and not dropout and scores <= MATH_ATTENTION_MAX_SCORES:
+        out = _math_attention(q, k, v, layout, scaling)  # CPU SDPA's backward is slow for many short rows
+    else:
+        out = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=layout.visible if layout.shares_prefixes else None, is_causal=not layout.shares_prefixes,
+            scale=scaling, dropout_p=dropout, enable_gqa=query.shape[1] != key.shape[1],
+        )
     out = out.to(query.dtype).transpose(1, 2).flatten(0, 1)  # [R * Lq, H, D]
     return out[layout.real_queries].unsqueeze(0)
+
+
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout, scaling: float | None) -> Tensor:
+    """Masked attention as matmuls in the inputs' dtype with an fp32 softmax; ``[R, H, Lq, D]``."""
+    if k.shape[1] != q.shape[1]:
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    scores = (q @ k.transpose(-1, -2)).float() * (scaling if scaling is not None else q.shape[-1] ** -0.5)
+    scores = scores.masked_fill(~layout.visible, float("-inf"))
+    return torch.softmax(scores, dim=-1).to(v.dtype) @ v
 
 
 def varlen_available() -> bool:
