@@ -24,8 +24,8 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from agentrl.compat.slime_generate import SlimeGenerateRunner
 from agentrl.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from agentrl.compat.slime_generate import SlimeGenerateRunner
 from agentrl.config import TrainConfig
 from agentrl.data import TaskKeys, TaskStream, load_tasks
 from agentrl.envs import Env, make

@@ -183,7 +183,12 @@ class SGLangAPI:
         return web.json_response({"weight_version": str(self.policy.weight_version)})
 
     async def abort_request(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            return web.json_response({"error": {"message": "the body must be JSON: {\"rid\": ...} or {\"abort_all\": true}"}}, status=400)
         abort = getattr(self.policy, "abort", None)
         if abort is None:
             return web.json_response({"error": {"message": f"{type(self.policy).__name__} cannot abort requests"}}, status=400)

@@ -7,10 +7,11 @@ at 0 for each sequence; each attends only to itself, causally. The samples of on
 share their prompt: packed next to each other, later ones keep only their response tokens and
 attend to the first one's copy of the prompt.
 
-Invariants (checked by ``tests/trainers/test_batching.py``):
+Invariants (checked by ``tests/trainers/test_torch_trainer.py``):
   * every sequence lands in exactly one micro-batch, in order, none split;
   * a micro-batch holds at most ``max_tokens`` tokens, unless it is a single sequence that is
-    longer on its own;
+    longer on its own (budgets count a shared prompt once; a group split across two
+    micro-batches repeats its prompt in the second, which may overrun by that prompt);
   * the flat per-token arrays of a micro-batch select exactly the trained positions of its
     sequences, with the target of position ``i`` being token ``i + 1`` of the same sequence.
 """

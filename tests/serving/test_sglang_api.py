@@ -117,3 +117,5 @@ async def test_health_and_model_info(served, smollm2_dir):
     assert info["model_path"] == str(smollm2_dir) and info["is_generation"] is True and info["weight_version"] == "0"
     async with http.post("/generate", data=b"not json") as r:
         assert r.status == 400
+    async with http.post("/abort_request", data=b"not json") as r:
+        assert r.status == 400 and "rid" in (await r.json())["error"]["message"]
