@@ -1,0 +1,115 @@
+"""Search-R1's protocol as an agentrl env.
+
+The model reasons, asks ``<search>query</search>`` and gets the retriever's passages back inside
+``<information>...</information>`` (an observation: tokens it did not write, loss-masked by the
+rollout runner), and ends with ``<answer>...</answer>``, scored by exact match with Search-R1's
+normalisation against the task's gold answers (a string or a list). A well-formed answer that is
+wrong earns ``format_score`` (Search-R1's default 0).
+
+* A turn with neither a closed ``<search>`` nor a closed ``<answer>`` gets a corrective
+  observation; so does an empty query. An empty result is an observation too ("no results").
+* A retriever that is down, slow past its timeout after its retries, or answering garbage raises
+  :class:`~agentrl.errors.EnvError`: that episode ends as ``env_error``, the batch goes on.
+* ``search_enabled=False`` answers every search with "search is disabled" (the no-search control).
+* The turn limit is the registry's ``MaxTurns`` wrapper (``max_turns``), which truncates.
+
+``info`` (per episode, averaged by the trainer's metrics): ``searches``, ``answered``,
+``correct``, ``invalid_turns``, ``retrieval_retries``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from agentrl.envs import Action, Env, Message, StepResult, Task
+from agentrl.rewards.text import exact_match
+from envs_contrib.search_r1.retriever import RetrieverClient
+
+INSTRUCTION = (
+    "Answer the question. Think inside <{think}> and </{think}> whenever you get new information. "
+    "If you need knowledge you lack, search with <{search}> query </{search}>; the results come back "
+    "between <{information}> and </{information}>. Search as often as you need. When you know the "
+    "answer, give it inside <{answer}> and </{answer}> without explanation, for example "
+    "<{answer}> Paris </{answer}>. Question: {question}\n"
+)
+INVALID = (
+    "My previous action is invalid. To search, I put the query between <{search}> and </{search}>. "
+    "To answer, I put the answer between <{answer}> and </{answer}>. Let me try again."
+)
+
+
+class SearchR1Env(Env):
+    """Answer a question, searching a retriever as often as needed. See the module docstring.
+
+    Args:
+        retriever_url: Search-R1's ``/retrieve`` endpoint.
+        topk: passages per search.
+        timeout_s, retries: per retrieval attempt, and attempts after the first.
+        format_score: reward of a well-formed wrong answer.
+        search_enabled: False answers searches with "search is disabled" (control runs).
+        tags: names of the ``think``, ``search``, ``information`` and ``answer`` tags.
+        observation_role: the chat role observations are sent as.
+    """
+
+    def __init__(
+        self, retriever_url: str = "http://127.0.0.1:8000/retrieve", *, topk: int = 3, timeout_s: float = 5.0, retries: int = 2,
+        format_score: float = 0.0, search_enabled: bool = True, tags: dict[str, str] | None = None, observation_role: str = "user",
+    ) -> None:
+        self.tags = {"think": "think", "search": "search", "information": "information", "answer": "answer", **(tags or {})}
+        self.retriever = RetrieverClient(retriever_url, topk=topk, timeout_s=timeout_s, retries=retries)
+        self.format_score, self.search_enabled, self.observation_role = format_score, search_enabled, observation_role
+        self._search = _tag_pattern(self.tags["search"])
+        self._answer = _tag_pattern(self.tags["answer"])
+        self._label: Any = None
+        self._info: dict[str, Any] = {}
+
+    async def reset(self, task: Task, *, seed: int | None = None) -> tuple[list[Message], dict[str, Any]]:
+        await super().reset(task, seed=seed)
+        self._label = task.label
+        self._info = {"searches": 0, "answered": False, "correct": False, "invalid_turns": 0, "retrieval_retries": 0}
+        question = str(task.prompt).strip()
+        if question and question[-1] != "?":
+            question += "?"
+        return [{"role": "user", "content": INSTRUCTION.format(question=question, **self.tags)}], {}
+
+    async def step(self, action: Action) -> StepResult:
+        answer = _last(self._answer, action.text)
+        if answer is not None:
+            correct = bool(exact_match(answer, self._label))
+            self._info |= {"answered": True, "correct": correct}
+            return StepResult([], 1.0 if correct else self.format_score, True, False, dict(self._info))
+        query = _last(self._search, action.text)
+        if query is None or not query.strip():
+            self._info["invalid_turns"] += 1
+            return self._observe(INVALID.format(**self.tags))
+        self._info["searches"] += 1
+        if not self.search_enabled:
+            return self._observe(self._wrap("Search is disabled. Answer from what you know."))
+        before = self.retriever.failed_attempts
+        passages = await self.retriever.search(query.strip())
+        self._info["retrieval_retries"] += self.retriever.failed_attempts - before
+        body = "\n".join(f"Doc {i}{p}" for i, p in enumerate(passages, 1)) if passages else "No results."
+        return self._observe(self._wrap(body))
+
+    async def close(self) -> None:
+        await self.retriever.aclose()
+
+    def example_tasks(self) -> list[Task]:
+        return [Task("What is the capital of France?", ["Paris"], index=0), Task("Which currency does Peru use?", ["sol", "Peruvian sol"], index=1)]
+
+    def _wrap(self, text: str) -> str:
+        tag = self.tags["information"]
+        return f"\n<{tag}>{text}</{tag}>\n"
+
+    def _observe(self, content: str) -> StepResult:
+        return StepResult([{"role": self.observation_role, "content": content}], 0.0, False, False, dict(self._info))
+
+
+def _tag_pattern(tag: str) -> re.Pattern[str]:
+    return re.compile(rf"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", re.DOTALL)
+
+
+def _last(pattern: re.Pattern[str], text: str) -> str | None:
+    matches = pattern.findall(text)
+    return matches[-1].strip() if matches else None

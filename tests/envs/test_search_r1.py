@@ -1,0 +1,128 @@
+"""The Search-R1 env (`contrib/SearchR1-v0`) against a real HTTP retriever speaking Search-R1's
+API: env.step unit tests, failures of the retriever, and a real episode's token masks with
+SmolLM2's tokenizer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from agentrl.envs import Action, MaxTurns, Task, make
+from agentrl.errors import EnvError
+from agentrl.policies import ScriptedPolicy
+from agentrl.rollout import ChatRenderer, RolloutConfig, RolloutRunner, Termination
+
+CORPUS = {"france": '"France"\nParis is the capital of France.', "peru": '"Peru"\nThe currency of Peru is the sol.'}
+
+
+@pytest.fixture
+async def retriever():
+    """A Search-R1-shaped retriever; ``state["mode"]`` makes it misbehave."""
+    state = {"mode": "ok", "calls": 0}
+
+    async def retrieve(request: web.Request) -> web.Response:
+        state["calls"] += 1
+        body = await request.json()
+        if state["mode"] == "slow":
+            await asyncio.sleep(2)
+        if state["mode"] == "error":
+            return web.Response(status=503, text="overloaded")
+        if state["mode"] == "garbage":
+            return web.json_response({"hits": "?"})
+        docs = [[{"id": k, "contents": v} for k, v in CORPUS.items() if k in q.lower()][: body["topk"]] for q in body["queries"]]
+        return web.json_response({"result": docs})
+
+    app = web.Application()
+    app.router.add_post("/retrieve", retrieve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}/retrieve"
+    yield state
+    await runner.cleanup()
+
+
+def env_for(retriever, **kwargs):
+    return make("contrib/SearchR1-v0", retriever_url=retriever["url"], timeout_s=0.5, retries=1, **kwargs)
+
+
+async def play(env, *replies: str, label=("Paris",)):
+    await env.reset(Task("What is the capital of France", list(label), index=0))
+    results = []
+    try:
+        for reply in replies:
+            results.append(await env.step(Action(reply)))
+    finally:
+        await env.close()
+    return results
+
+
+async def test_search_then_answer(retriever):
+    search, answer = await play(env_for(retriever), "<think>I need facts.</think><search> capital of France </search>", "<answer> Paris </answer>")
+    assert not search.terminated and search.reward == 0.0
+    assert "<information>Doc 1(Title: France) Paris is the capital of France.</information>" in search.observation[0]["content"]
+    assert answer.terminated and answer.reward == 1.0
+    assert answer.info | {} == {"searches": 1, "answered": True, "correct": True, "invalid_turns": 0, "retrieval_retries": 0}
+
+
+async def test_several_searches_an_empty_result_and_a_wrong_answer_with_format_score(retriever):
+    env = env_for(retriever, format_score=0.1)
+    first, second, answer = await play(env, "<search>peru money</search>", "<search>nothing here</search>", "<answer>Lima</answer>")
+    assert "The currency of Peru is the sol." in first.observation[0]["content"]
+    assert "<information>No results.</information>" in second.observation[0]["content"]
+    assert answer.reward == 0.1 and answer.info["searches"] == 2 and answer.info["correct"] is False
+
+
+@pytest.mark.parametrize("reply", ["<search>unclosed query", "no tags at all", "<search>  </search>", "<answer>unclosed"])
+async def test_malformed_turns_get_a_corrective_observation(retriever, reply):
+    (result,) = await play(env_for(retriever), reply)
+    assert not result.terminated and "previous action is invalid" in result.observation[0]["content"]
+    assert result.info["invalid_turns"] == 1 and retriever["calls"] == 0
+
+
+async def test_an_answer_without_search_and_normalised_exact_match(retriever):
+    (result,) = await play(env_for(retriever), "<answer>the  PARIS.</answer>")
+    assert result.terminated and result.reward == 1.0 and result.info["searches"] == 0
+
+
+async def test_search_disabled_is_the_no_search_control(retriever):
+    (result,) = await play(env_for(retriever, search_enabled=False), "<search>capital of France</search>")
+    assert "Search is disabled" in result.observation[0]["content"] and retriever["calls"] == 0
+
+
+@pytest.mark.parametrize("mode", ["slow", "error", "garbage"])
+async def test_a_failing_retriever_is_an_env_error(retriever, mode):
+    retriever["mode"] = mode
+    with pytest.raises(EnvError, match="retriever"):
+        await play(env_for(retriever), "<search>capital of France</search>")
+    assert retriever["calls"] == (1 if mode == "garbage" else 2)  # transient failures are retried once
+
+
+async def test_a_retriever_that_is_down_is_an_env_error():
+    env = make("contrib/SearchR1-v0", retriever_url="http://127.0.0.1:9/retrieve", timeout_s=0.5, retries=1)
+    with pytest.raises(EnvError, match="failed 2 times"):
+        await play(env, "<search>anything</search>")
+
+
+async def test_a_real_episode_masks_the_information_tokens(retriever, tokenizer):
+    replies = ["<search>capital of France</search>", "<answer>Paris</answer>"]
+    runner = RolloutRunner(ScriptedPolicy(tokenizer, replies), ChatRenderer(tokenizer),
+                           lambda: env_for(retriever), RolloutConfig(max_new_tokens=64))
+    (trajectory,) = await runner.run([Task("What is the capital of France", ["Paris"], index=0)], progress=False)
+    assert trajectory.termination is Termination.DONE and trajectory.reward == 1.0
+    assert len(trajectory.segments) == 1  # SmolLM2's template is append-only: one sequence, bridged
+    segment = trajectory.segments[0]
+    trained = tokenizer.decode([t for t, m in zip(segment.response_ids, segment.loss_mask) if m])
+    masked = tokenizer.decode([t for t, m in zip(segment.response_ids, segment.loss_mask) if not m])
+    assert "<search>capital of France</search>" in trained and "<answer>Paris</answer>" in trained
+    assert "Paris is the capital of France" in masked and "Paris is the capital of France" not in trained
+
+
+async def test_max_turns_truncates(retriever, tokenizer):
+    runner = RolloutRunner(ScriptedPolicy(tokenizer, ["<search>capital of France</search>"]), ChatRenderer(tokenizer),
+                           lambda: MaxTurns(env_for(retriever), 3), RolloutConfig(max_new_tokens=32))
+    (trajectory,) = await runner.run([Task("What is the capital of France", ["Paris"], index=0)], progress=False)
+    assert trajectory.termination is Termination.MAX_TURNS and trajectory.info["searches"] == 3
