@@ -13,6 +13,7 @@ from agentrl.envs import Action, MaxTurns, Task, make
 from agentrl.errors import EnvError
 from agentrl.policies import ScriptedPolicy
 from agentrl.rollout import ChatRenderer, RolloutConfig, RolloutRunner, Termination
+from tests.http import serve
 
 CORPUS = {"france": '"France"\nParis is the capital of France.', "peru": '"Peru"\nThe currency of Peru is the sol.'}
 
@@ -34,15 +35,9 @@ async def retriever():
         docs = [[{"id": k, "contents": v} for k, v in CORPUS.items() if k in q.lower()][: body["topk"]] for q in body["queries"]]
         return web.json_response({"result": docs})
 
-    app = web.Application()
-    app.router.add_post("/retrieve", retrieve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}/retrieve"
-    yield state
-    await runner.cleanup()
+    async with serve("/retrieve", retrieve) as url:
+        state["url"] = url
+        yield state
 
 
 def env_for(retriever, **kwargs):

@@ -13,6 +13,7 @@ from agentrl.errors import ConfigError
 from agentrl.rewards.hub import RewardInput, RewardOverride, last_boxed, make_reward_fn
 from agentrl.rewards.remote import RewardModelError
 from agentrl.rewards.text import exact_match, f1_score, normalize_answer
+from tests.http import serve
 
 
 def test_search_r1_normalisation_exact_match_and_f1():
@@ -85,19 +86,10 @@ async def test_remote_reward_model_over_http_with_retries():
             return web.json_response({"reward": "high"})
         return web.json_response({"reward": float(body["response"] == body["label"])})
 
-    app = web.Application()
-    app.router.add_post("/rm", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        fn = make_reward_fn("remote", rm_url=f"http://127.0.0.1:{port}/rm")
+    async with serve("/rm", handler) as url:
+        fn = make_reward_fn("remote", rm_url=url)
         assert await fn(RewardInput("q", "42", "42", {})) == 1.0  # after one 503 and a retry
         assert calls["n"] == 2
         with pytest.raises(RewardModelError, match="expected a number"):
             await fn(RewardInput("q", "x", "bad", {}))
         await fn.aclose()
-    finally:
-        await runner.cleanup()
