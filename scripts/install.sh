@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install agentrl and what it needs into the current Python, CPU build of torch by default.
-# Usage: bash scripts/install.sh [extra]   (extra: test)
+# Usage: bash scripts/install.sh [extra]   (extra: test, search)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
