@@ -54,20 +54,34 @@ class AttentionLayout:
     Attributes:
         query_index: ``[R, Lq]`` row positions of each run's tokens (0 in padding slots).
         key_index: ``[R, Lk]`` row positions of each run's keys: its prefix, then itself.
-        visible: ``[R, 1, Lq, Lk]`` whether a query slot may attend to a key slot.
+        lengths: ``[R]`` tokens of each run.
+        prefix_lengths: ``[R]`` prefix tokens of each run (0 for none).
         real_queries: ``[R * Lq]`` which query slots are tokens, in row order.
         shares_prefixes: whether any run has a prefix (if not, ``cu_seq_lens`` describes it all).
     """
 
     query_index: Tensor
     key_index: Tensor
-    visible: Tensor
+    lengths: Tensor
+    prefix_lengths: Tensor
     real_queries: Tensor
     shares_prefixes: bool
 
     def to(self, device: torch.device | str) -> AttentionLayout:
-        return AttentionLayout(self.query_index.to(device), self.key_index.to(device), self.visible.to(device),
-                               self.real_queries.to(device), self.shares_prefixes)
+        return AttentionLayout(self.query_index.to(device), self.key_index.to(device), self.lengths.to(device),
+                               self.prefix_lengths.to(device), self.real_queries.to(device), self.shares_prefixes)
+
+    @functools.cached_property
+    def visible(self) -> Tensor:
+        """``[R, 1, Lq, Lk]``: whether a query slot may attend to a key slot, built once on the
+        layout's device when a path needs it (padding queries see key 0, so their softmax is defined)."""
+        device = self.query_index.device
+        q = torch.arange(self.query_index.shape[1], device=device)[None, :, None]
+        k = torch.arange(self.key_index.shape[1], device=device)[None, None, :]
+        prefix, length = self.prefix_lengths[:, None, None], self.lengths[:, None, None]
+        own = k - prefix
+        seen = (k < prefix) | ((own >= 0) & (own <= q))
+        return torch.where(q < length, seen, k == 0).unsqueeze(1)
 
 
 def attention_layout(runs: list[tuple[int, int]], prefixes: list[tuple[int, int]]) -> AttentionLayout:
@@ -78,18 +92,14 @@ def attention_layout(runs: list[tuple[int, int]], prefixes: list[tuple[int, int]
     k_len = max((n + p for n, (_, p) in zip(lengths, prefixes)), default=1)
     query_index = torch.zeros(len(runs), q_len, dtype=torch.long)
     key_index = torch.zeros(len(runs), k_len, dtype=torch.long)
-    visible = torch.zeros(len(runs), 1, q_len, k_len, dtype=torch.bool)
-    causal = torch.ones(q_len, q_len, dtype=torch.bool).tril()
     for r, ((start, end), (p_start, p_len)) in enumerate(zip(runs, prefixes)):
-        n = end - start
-        query_index[r, :n] = torch.arange(start, end)
+        query_index[r, : end - start] = torch.arange(start, end)
         key_index[r, :p_len] = torch.arange(p_start, p_start + p_len)
-        key_index[r, p_len : p_len + n] = torch.arange(start, end)
-        visible[r, 0, :n, :p_len] = True
-        visible[r, 0, :n, p_len : p_len + n] = causal[:n, :n]
-        visible[r, 0, n:, 0] = True  # padding queries see one key, so their softmax is defined
-    real = (torch.arange(q_len) < torch.tensor(lengths)[:, None]).flatten()
-    return AttentionLayout(query_index, key_index, visible, real, any(p for _, p in prefixes))
+        key_index[r, p_len : p_len + end - start] = torch.arange(start, end)
+    length_t = torch.tensor(lengths, dtype=torch.long)
+    real = (torch.arange(q_len) < length_t[:, None]).flatten()
+    prefix_t = torch.tensor([p for _, p in prefixes], dtype=torch.long)
+    return AttentionLayout(query_index, key_index, length_t, prefix_t, real, bool(prefix_t.any()))
 
 
 def packed_attention(
