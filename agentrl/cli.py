@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     rollout.add_argument("--rollout-temperature", type=float, default=1.0)
     rollout.add_argument("--rollout-top-p", type=float, default=1.0)
     rollout.add_argument("--rollout-top-k", type=int, default=-1)
+    rollout.add_argument("--rollout-stop", nargs="+", default=[], help="strings that end a turn")
+    rollout.add_argument("--rollout-stop-token-ids", nargs="+", type=int, default=[], help="token ids that end a turn")
     rollout.add_argument("--max-turns", type=int, default=None)
     rollout.add_argument("--concurrency", type=int, default=256, help="episodes in flight")
     rollout.add_argument("--seed", type=int, default=None)
@@ -119,6 +121,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         temperature=args.rollout_temperature,
         top_p=args.rollout_top_p,
         top_k=args.rollout_top_k,
+        stop=tuple(args.rollout_stop),
+        stop_token_ids=tuple(args.rollout_stop_token_ids),
         concurrency=args.concurrency,
         seed=args.seed,
     )

@@ -69,6 +69,8 @@ class TrainConfig:
     rollout_temperature: float = opt(1.0, "sampling temperature (log-probs are of logits / temperature)")
     rollout_top_p: float = opt(1.0, "nucleus sampling")
     rollout_top_k: int = opt(-1, "top-k sampling, -1 for all")
+    rollout_stop: list[str] = opt([], "strings that end a turn (kept in the output), e.g. </search> </answer>", nargs="+")
+    rollout_stop_token_ids: list[int] = opt([], "token ids that end a turn besides the model's eos", nargs="+")
     max_turns: int | None = opt(None, "policy turns per episode")
     rollout_concurrency: int = opt(256, "episodes in flight")
     # --- algorithm
@@ -128,6 +130,7 @@ class TrainConfig:
             n_samples_per_prompt=self.n_samples_per_eval_prompt if eval else self.n_samples_per_prompt,
             max_new_tokens=self.rollout_max_response_len, max_context_len=self.rollout_max_context_len,
             max_turns=self.max_turns, temperature=temperature, top_p=self.rollout_top_p, top_k=self.rollout_top_k,
+            stop=tuple(self.rollout_stop), stop_token_ids=tuple(self.rollout_stop_token_ids),
             concurrency=self.rollout_concurrency, seed=self.seed,
         )
 
@@ -276,11 +279,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _scalar_type(hint: Any) -> type:
-    """The type argparse converts with: ``int`` for ``int | None``, ``str`` for ``list[str]``."""
+    """The type argparse converts with: ``int`` for ``int | None`` and ``list[int]``, ``str`` for a dict."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) in (typing.Union, list):
         return _scalar_type(args[0])
-    if typing.get_origin(hint) in (list, dict):
+    if typing.get_origin(hint) is dict:
         return str
     return hint
 
