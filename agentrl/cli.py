@@ -4,6 +4,7 @@
     agentrl envs
     agentrl check-env ID [--hf-checkpoint SPEC]
     agentrl rollout --env ID --prompt-data FILE [--hf-checkpoint SPEC] --n-samples-per-prompt N --output FILE.jsonl
+    agentrl serve --model-path SPEC [--host 127.0.0.1] [--port 30000] [--dtype bfloat16] [--device cpu]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from agentrl.errors import AgentRLError
 from agentrl.models.resolve import DEFAULT_MODEL
+from agentrl.serving.server_args import ServerArgs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     rollout.add_argument("--device", default="cpu")
     rollout.add_argument("--output", required=True, type=Path, help="trajectories, one JSON record per line")
     rollout.set_defaults(command=cmd_rollout)
+
+    serve = sub.add_parser("serve", help="serve a model over SGLang's native HTTP API (generation, weight updates)")
+    ServerArgs.add_cli_args(serve)
+    serve.set_defaults(command=cmd_serve)
     return parser
 
 
@@ -142,6 +148,12 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     print(f"wrote {len(trajectories)} trajectories to {args.output}")
     print(json.dumps(summary))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from agentrl.serving.launch import serve
+
+    return serve(ServerArgs.from_cli_args(args))
 
 
 def _tokenizer(spec: str):  # noqa: ANN202 - a transformers tokenizer

@@ -10,6 +10,10 @@ server or sglang-router (slime's generate functions, for one) runs against the e
   or ``{"type": "abort", ...}``, and ``output_token_logprobs`` as ``[logprob, token_id, None]``.
 * ``GET /health``, ``GET /health_generate`` (a one-token generation), ``GET /get_model_info``,
   ``GET /get_weight_version``, ``POST /abort_request``.
+* The control endpoints (:mod:`agentrl.serving.control`: server info, cache flush, pause and
+  continue) and the weight updates (:mod:`agentrl.serving.weights`: from disk, over a
+  ``torch.distributed`` group). While generation is paused or weights load, new ``/generate``
+  requests wait (:class:`~agentrl.serving.gate.RequestGate`).
 
 Sampling options the policy cannot honour (penalties, ``min_p``, ``n`` > 1, constrained
 decoding, streaming) are refused with a 400 that names them, never silently ignored.
@@ -21,22 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Self
 
 from aiohttp import web
 from transformers import PreTrainedTokenizerBase
 
 from agentrl.errors import PolicyError
 from agentrl.policies.base import Generation, Policy, SamplingParams
+from agentrl.serving.bodies import BadRequest
+from agentrl.serving.control import ControlAPI
+from agentrl.serving.gate import RequestGate
+from agentrl.serving.weights import WeightsAPI
 
 SAMPLING_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "stop", "stop_token_ids", "ignore_eos", "sampling_seed"}
 TEXT_ONLY_KEYS = {"skip_special_tokens", "no_stop_trim", "spaces_between_special_tokens", "stream_interval", "custom_params"}
 NEUTRAL_VALUES = {"min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0, "min_new_tokens": 0, "n": 1}
 UNSUPPORTED_REQUEST_KEYS = ("stream", "input_embeds", "lora_path", "return_hidden_states", "image_data")
-
-
-class BadRequest(ValueError):
-    """A request body SGLang would reject or agentrl cannot serve; answered with a 400."""
 
 
 def sampling_from_sglang(params: dict[str, Any]) -> SamplingParams:
@@ -91,12 +96,18 @@ def generation_to_sglang(
 
 
 class SGLangAPI:
-    """The HTTP handlers. ``model_path`` is what ``/get_model_info`` reports."""
+    """The HTTP handlers. ``model_path`` is what ``/get_model_info`` reports; ``server_args``
+    what ``/get_server_info`` does (SGLang's ``ServerArgs`` names; by default the model path and
+    ``tp_size`` 1)."""
 
-    def __init__(self, policy: Policy, tokenizer: PreTrainedTokenizerBase, model_path: str = "") -> None:
+    def __init__(self, policy: Policy, tokenizer: PreTrainedTokenizerBase, model_path: str = "",
+                 server_args: Mapping[str, Any] | None = None) -> None:
         self.policy, self.tokenizer, self.model_path = policy, tokenizer, model_path
         self._ids = itertools.count()
-        self._in_flight: set[str] = set()
+        self.gate = RequestGate()
+        defaults = {"model_path": model_path, "tokenizer_path": model_path, "tp_size": 1, "dp_size": 1}
+        self.control = ControlAPI(policy, self.gate, server_args if server_args is not None else defaults)
+        self.weights = WeightsAPI(policy, self.gate)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 2**20)
@@ -105,7 +116,9 @@ class SGLangAPI:
             web.get("/health", self.health), web.get("/health_generate", self.health_generate),
             web.get("/get_model_info", self.model_info), web.get("/get_weight_version", self.weight_version),
             web.post("/abort_request", self.abort_request),
+            *self.control.routes(), *self.weights.routes(),
         ])
+        app.on_cleanup.append(lambda _: self.weights.aclose())
         return app
 
     async def generate(self, request: web.Request) -> web.Response:
@@ -157,11 +170,8 @@ class SGLangAPI:
         return [(ids, rid, params, sampling_from_sglang(params)) for ids, rid, params in zip(prompts, rids, per_item)], batched
 
     async def _one(self, input_ids: list[int], rid: str, params: dict[str, Any], sampling: SamplingParams, *, return_logprob: bool) -> dict[str, Any]:
-        self._in_flight.add(rid)
-        try:
+        async with self.gate.admit(rid):
             generation = await self.policy.generate(input_ids, sampling, rid=rid)
-        finally:
-            self._in_flight.discard(rid)
         return generation_to_sglang(generation, rid=rid, prompt_tokens=len(input_ids), tokenizer=self.tokenizer, params=params, return_logprob=return_logprob)
 
     async def health(self, _: web.Request) -> web.Response:
@@ -192,7 +202,7 @@ class SGLangAPI:
         abort = getattr(self.policy, "abort", None)
         if abort is None:
             return web.json_response({"error": {"message": f"{type(self.policy).__name__} cannot abort requests"}}, status=400)
-        for rid in list(self._in_flight) if body.get("abort_all") else [body.get("rid")] if body.get("rid") else []:
+        for rid in list(self.gate.in_flight) if body.get("abort_all") else [body.get("rid")] if body.get("rid") else []:
             abort(rid)
         return web.Response(text="")
 
@@ -200,11 +210,16 @@ class SGLangAPI:
 class SGLangServer:
     """Serves :class:`SGLangAPI` on ``host:port`` for the life of an ``async with`` block.
 
-    ``port=0`` takes a free port; :attr:`url` tells which. Binds to localhost by default.
+    ``port=0`` takes a free port; :attr:`url` tells which. Binds to localhost by default. On
+    exit, requests still being answered get ``SHUTDOWN_TIMEOUT_S`` seconds before they are
+    cancelled.
     """
 
-    def __init__(self, policy: Policy, tokenizer: PreTrainedTokenizerBase, *, model_path: str = "", host: str = "127.0.0.1", port: int = 0) -> None:
-        self.api = SGLangAPI(policy, tokenizer, model_path)
+    SHUTDOWN_TIMEOUT_S = 5.0
+
+    def __init__(self, policy: Policy, tokenizer: PreTrainedTokenizerBase, *, model_path: str = "", host: str = "127.0.0.1",
+                 port: int = 0, server_args: Mapping[str, Any] | None = None) -> None:
+        self.api = SGLangAPI(policy, tokenizer, model_path, server_args)
         self.host, self.port = host, port
         self._runner: web.AppRunner | None = None
 
@@ -212,15 +227,32 @@ class SGLangServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def __aenter__(self) -> SGLangServer:
-        self._runner = web.AppRunner(self.api.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
+    async def start(self) -> None:
+        """Listen on ``host:port``.
 
-    async def __aexit__(self, *exc: object) -> None:
+        Raises:
+            OSError: the address cannot be bound (in use, unknown host); nothing is left open.
+        """
+        self._runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=self.SHUTDOWN_TIMEOUT_S)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self.host, self.port).start()
+        except OSError:
+            await self.stop()
+            raise
+        self.port = self._runner.addresses[0][1]
+        if "port" in self.api.control.server_args:
+            self.api.control.server_args["port"] = self.port
+
+    async def stop(self) -> None:
+        """Stop serving (see the class docstring); safe to call twice."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
