@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +35,7 @@ def tiny_dir(tmp_path_factory, smollm2_dir) -> Path:
 def agentrl_serve(*args: str, stop: signal.Signals = signal.SIGINT, ready_s: float = 180.0) -> Iterator[tuple[subprocess.Popen, str]]:
     """Run ``agentrl serve ARGS`` until its ready line; yields ``(process, url)``. On exit sends
     ``stop`` and asserts the server exits with status 0 (a clean shutdown)."""
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"agentrl-serve-{os.getpid()}-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in finally; the server's stderr, for failure messages
     proc = subprocess.Popen([sys.executable, "-m", "agentrl.cli", "serve", *args], stdout=subprocess.PIPE, stderr=log)
     try:
         url = _ready_url(proc, ready_s, log)
