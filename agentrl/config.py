@@ -47,6 +47,8 @@ class TrainConfig:
     env: str = opt("agentrl/Math-v0", "env id of the agent task")
     env_kwargs: dict[str, Any] = opt({}, "keyword arguments for the env (YAML only)", cli=False)
     eval_env_kwargs: dict[str, Any] = opt({}, "env keyword arguments for evaluation, over env_kwargs (YAML only)", cli=False)
+    eval_dataset_env_kwargs: dict[str, dict[str, Any]] = opt(
+        {}, "per eval dataset NAME, env keyword arguments over eval_env_kwargs, e.g. a no-tool control (YAML only)", cli=False)
     prompt_data: str | None = opt(None, "training tasks (.jsonl or .parquet)")
     input_key: str = opt("input", "row field holding the prompt")
     label_key: str | None = opt("label", "row field holding the label")
@@ -152,6 +154,12 @@ class TrainConfig:
             use_tis=self.use_tis, tis_clip=self.tis_clip, tis_clip_low=self.tis_clip_low,
         )
 
+    def env_kwargs_for(self, eval_dataset: str | None = None) -> dict[str, Any]:
+        """The env's keyword arguments: for training (``None``) or for one eval dataset."""
+        if eval_dataset is None:
+            return dict(self.env_kwargs)
+        return {**self.env_kwargs, **self.eval_env_kwargs, **self.eval_dataset_env_kwargs.get(eval_dataset, {})}
+
     def eval_datasets(self) -> dict[str, Path]:
         """``--eval-prompt-data NAME PATH ...`` as a mapping."""
         pairs = self.eval_prompt_data
@@ -182,6 +190,11 @@ def _validate(cfg: TrainConfig) -> None:
     for name, path in cfg.eval_datasets().items():
         if not path.is_file():
             raise ConfigError(f"--eval-prompt-data {name}: no such file {path}")
+    for name, kwargs in cfg.eval_dataset_env_kwargs.items():
+        if name not in cfg.eval_datasets():
+            raise ConfigError(f"eval_dataset_env_kwargs: {name!r} is not an --eval-prompt-data name ({', '.join(cfg.eval_datasets()) or 'none given'})")
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"eval_dataset_env_kwargs: {name}: expected a mapping of env keyword arguments, got {kwargs!r}")
     if cfg.eval_interval is not None and not cfg.eval_prompt_data:
         raise ConfigError("--eval-interval needs --eval-prompt-data")
     if cfg.device not in ("cpu", "cuda") and not cfg.device.startswith("cuda:"):

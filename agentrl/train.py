@@ -74,19 +74,19 @@ class _Run:
         self.generate_fn = load_function(cfg.custom_generate_function_path, flag="--custom-generate-function-path") if cfg.custom_generate_function_path else None
         self.server: SGLangServer | None = None  # serves the engine to a custom generate function
 
-    def runner(self, config: RolloutConfig, *, eval: bool = False) -> RolloutRunner | SlimeGenerateRunner:  # noqa: A002
-        """What plays the episodes: the env through the rollout runner, or a slime generate function."""
+    def runner(self, config: RolloutConfig, *, eval_dataset: str | None = None) -> RolloutRunner | SlimeGenerateRunner:
+        """What plays the episodes (of training, or of one eval dataset): the env through the
+        rollout runner, or a slime generate function."""
         if self.generate_fn is None:
-            return RolloutRunner(self.engine, self.renderer, lambda: self.make_env(eval=eval), config)
+            return RolloutRunner(self.engine, self.renderer, lambda: self.make_env(eval_dataset), config)
         assert self.server is not None
         args = argparse.Namespace(**{**self.cfg.to_dict(), "hf_checkpoint": str(self.model_dir), "sglang_router_ip": self.server.host,
                                      "sglang_router_port": self.server.port, "partial_rollout": False})
         return SlimeGenerateRunner(self.generate_fn, args, self.tokenizer, self.reward_fn, config,
-                                   apply_chat_template=self.cfg.apply_chat_template, weight_version=self.engine.weight_version, evaluation=eval)
+                                   apply_chat_template=self.cfg.apply_chat_template, weight_version=self.engine.weight_version, evaluation=eval_dataset is not None)
 
-    def make_env(self, *, eval: bool = False) -> Env:  # noqa: A002
-        kwargs = {**self.cfg.env_kwargs, **(self.cfg.eval_env_kwargs if eval else {})}
-        env = make(self.cfg.env, **kwargs)
+    def make_env(self, eval_dataset: str | None = None) -> Env:
+        env = make(self.cfg.env, **self.cfg.env_kwargs_for(eval_dataset))
         return RewardOverride(env, self.reward_fn) if self.reward_fn else env
 
     async def main(self) -> dict[str, Any]:
@@ -166,7 +166,7 @@ class _Run:
         metrics: dict[str, Any] = {}
         config = dataclasses.replace(self.cfg.rollout(eval=True), seed=derive_seed(self.cfg.seed, 10**6))
         for name, tasks in self.evals.items():
-            trajectories = await self.runner(config, eval=True).run(tasks, desc=f"eval {name}")
+            trajectories = await self.runner(config, eval_dataset=name).run(tasks, desc=f"eval {name}")
             metrics |= {f"eval/{name}/{k}": v for k, v in episode_metrics(trajectories, config.n_samples_per_prompt).items()}
             write_dump(self.out / "evals" / f"{name}_step_{step:05d}.txt", trajectories, self.tokenizer)
         return metrics

@@ -27,6 +27,20 @@ def test_yaml_then_flags_override(tmp_path, data):
     assert cfg.loss().kl_loss_coef == 0.01 and cfg.trainer().lr == 2e-6 and cfg.rollout().n_samples_per_prompt == 8
 
 
+def test_stop_flags_and_per_eval_dataset_env_kwargs(tmp_path, data):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"prompt-data: {data}\neval-prompt-data: [a, {data}, b, {data}]\nenv-kwargs: {{k: 1, s: on}}\n"
+        "eval-env-kwargs: {k: 2}\neval-dataset-env-kwargs: {b: {s: off}}\nrollout-stop: ['</search>']\n")
+    cfg = load_config(["--config", str(config), "--rollout-stop-token-ids", "7", "9"])
+    assert cfg.rollout().stop == ("</search>",) and cfg.rollout(eval=True).stop_token_ids == (7, 9)
+    assert cfg.env_kwargs_for(None) == {"k": 1, "s": True}
+    assert cfg.env_kwargs_for("a") == {"k": 2, "s": True} and cfg.env_kwargs_for("b") == {"k": 2, "s": False}
+    config.write_text(f"prompt-data: {data}\neval-prompt-data: [a, {data}]\neval-dataset-env-kwargs: {{c: {{s: off}}}}\n")
+    with pytest.raises(ConfigError, match="eval_dataset_env_kwargs: 'c' is not an --eval-prompt-data name"):
+        load_config(["--config", str(config)])
+
+
 @pytest.mark.parametrize(
     ("flags", "gbs", "steps"),
     [([], 32, 1), (["--global-batch-size", "16"], 16, 2), (["--num-steps-per-rollout", "4"], 8, 4),

@@ -26,6 +26,13 @@ def exact_match(prediction: str, label: str | Sequence[str]) -> float:
     return float(any(pred == normalize_answer(g) for g in _golds(label)))
 
 
+def contains_answer(text: str, label: str | Sequence[str]) -> bool:
+    """Whether any normalised gold answer occurs in the normalised ``text`` as whole words
+    (Search-R1's check of retrieved passages)."""
+    haystack = f" {normalize_answer(text)} "
+    return any(f" {gold} " in haystack for gold in map(normalize_answer, _golds(label)) if gold)
+
+
 def f1_score(prediction: str, label: str | Sequence[str]) -> float:
     """Best token-level F1 of the normalised prediction against the gold answers."""
     pred = normalize_answer(prediction).split()

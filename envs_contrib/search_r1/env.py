@@ -3,8 +3,10 @@
 The model reasons, asks ``<search>query</search>`` and gets the retriever's passages back inside
 ``<information>...</information>`` (an observation: tokens it did not write, loss-masked by the
 rollout runner), and ends with ``<answer>...</answer>``, scored by exact match with Search-R1's
-normalisation against the task's gold answers (a string or a list). A well-formed answer that is
-wrong earns ``format_score`` (Search-R1's default 0).
+normalisation against the task's gold answers (a string or a list). A correct answer earns 1. A
+wrong answer earns Search-R1's shaping terms, both 0 by default: ``format_score`` when it is
+well-formed (with ``format_requires_search``, only after at least one search), plus
+``retrieval_score`` when a search retrieved a passage that contains a gold answer.
 
 * A turn with neither a closed ``<search>`` nor a closed ``<answer>`` gets a corrective
   observation; so does an empty query. An empty result is an observation too ("no results").
@@ -14,7 +16,7 @@ wrong earns ``format_score`` (Search-R1's default 0).
 * The turn limit is the registry's ``MaxTurns`` wrapper (``max_turns``), which truncates.
 
 ``info`` (per episode, averaged by the trainer's metrics): ``searches``, ``answered``,
-``correct``, ``invalid_turns``, ``retrieval_retries``.
+``correct``, ``invalid_turns``, ``retrieval_retries``, ``retrieved_answer``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import re
 from typing import Any
 
 from agentrl.envs import Action, Env, Message, StepResult, Task
-from agentrl.rewards.text import exact_match
+from agentrl.rewards.text import contains_answer, exact_match
 from envs_contrib.search_r1.retriever import RetrieverClient
 
 INSTRUCTION = (
@@ -47,18 +49,30 @@ class SearchR1Env(Env):
         topk: passages per search.
         timeout_s, retries: per retrieval attempt, and attempts after the first.
         format_score: reward of a well-formed wrong answer.
+        format_requires_search: a wrong answer earns ``format_score`` only after a search (so a
+            model cannot collect it by answering blind).
+        retrieval_score: added to a wrong answer when a retrieved passage held a gold answer.
         search_enabled: False answers searches with "search is disabled" (control runs).
         tags: names of the ``think``, ``search``, ``information`` and ``answer`` tags.
         observation_role: the chat role observations are sent as.
+        instruction: the first user message, a template with ``{question}`` and the tag names
+            (``{search}``, ``{answer}`` ...); default: Search-R1's instruction.
     """
 
     def __init__(
         self, retriever_url: str = "http://127.0.0.1:8000/retrieve", *, topk: int = 3, timeout_s: float = 5.0, retries: int = 2,
-        format_score: float = 0.0, search_enabled: bool = True, tags: dict[str, str] | None = None, observation_role: str = "user",
+        format_score: float = 0.0, format_requires_search: bool = False, retrieval_score: float = 0.0, search_enabled: bool = True, tags: dict[str, str] | None = None, observation_role: str = "user",
+        instruction: str = INSTRUCTION,
     ) -> None:
         self.tags = {"think": "think", "search": "search", "information": "information", "answer": "answer", **(tags or {})}
         self.retriever = RetrieverClient(retriever_url, topk=topk, timeout_s=timeout_s, retries=retries)
-        self.format_score, self.search_enabled, self.observation_role = format_score, search_enabled, observation_role
+        self.format_score, self.format_requires_search, self.retrieval_score = format_score, format_requires_search, retrieval_score
+        self.search_enabled, self.observation_role = search_enabled, observation_role
+        try:
+            instruction.format(question="?", **self.tags)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"instruction: not a template of {{question}} and the tag names {sorted(self.tags)}: {e!r}") from None
+        self.instruction = instruction
         self._search = _tag_pattern(self.tags["search"])
         self._answer = _tag_pattern(self.tags["answer"])
         self._label: Any = None
@@ -67,18 +81,18 @@ class SearchR1Env(Env):
     async def reset(self, task: Task, *, seed: int | None = None) -> tuple[list[Message], dict[str, Any]]:
         await super().reset(task, seed=seed)
         self._label = task.label
-        self._info = {"searches": 0, "answered": False, "correct": False, "invalid_turns": 0, "retrieval_retries": 0}
+        self._info = {"searches": 0, "answered": False, "correct": False, "invalid_turns": 0, "retrieval_retries": 0, "retrieved_answer": False}
         question = str(task.prompt).strip()
         if question and question[-1] != "?":
             question += "?"
-        return [{"role": "user", "content": INSTRUCTION.format(question=question, **self.tags)}], {}
+        return [{"role": "user", "content": self.instruction.format(question=question, **self.tags)}], {}
 
     async def step(self, action: Action) -> StepResult:
         answer = _last(self._answer, action.text)
         if answer is not None:
             correct = bool(exact_match(answer, self._label))
             self._info |= {"answered": True, "correct": correct}
-            return StepResult([], 1.0 if correct else self.format_score, True, False, dict(self._info))
+            return StepResult([], 1.0 if correct else self._wrong_answer_reward(), True, False, dict(self._info))
         query = _last(self._search, action.text)
         if query is None or not query.strip():
             self._info["invalid_turns"] += 1
@@ -89,8 +103,13 @@ class SearchR1Env(Env):
         before = self.retriever.failed_attempts
         passages = await self.retriever.search(query.strip())
         self._info["retrieval_retries"] += self.retriever.failed_attempts - before
+        self._info["retrieved_answer"] |= any(contains_answer(p, self._label) for p in passages)
         body = "\n".join(f"Doc {i}{p}" for i, p in enumerate(passages, 1)) if passages else "No results."
         return self._observe(self._wrap(body))
+
+    def _wrong_answer_reward(self) -> float:
+        formatted = self._info["searches"] > 0 or not self.format_requires_search
+        return (self.format_score if formatted else 0.0) + (self.retrieval_score if self._info["retrieved_answer"] else 0.0)
 
     async def close(self) -> None:
         await self.retriever.aclose()

@@ -60,7 +60,8 @@ async def test_search_then_answer(retriever):
     assert not search.terminated and search.reward == 0.0
     assert "<information>Doc 1(Title: France) Paris is the capital of France.</information>" in search.observation[0]["content"]
     assert answer.terminated and answer.reward == 1.0
-    assert answer.info | {} == {"searches": 1, "answered": True, "correct": True, "invalid_turns": 0, "retrieval_retries": 0}
+    assert answer.info | {} == {"searches": 1, "answered": True, "correct": True, "invalid_turns": 0, "retrieval_retries": 0,
+                                "retrieved_answer": True}
 
 
 async def test_several_searches_an_empty_result_and_a_wrong_answer_with_format_score(retriever):
@@ -69,6 +70,28 @@ async def test_several_searches_an_empty_result_and_a_wrong_answer_with_format_s
     assert "The currency of Peru is the sol." in first.observation[0]["content"]
     assert "<information>No results.</information>" in second.observation[0]["content"]
     assert answer.reward == 0.1 and answer.info["searches"] == 2 and answer.info["correct"] is False
+
+
+@pytest.mark.parametrize(("replies", "reward"), [
+    (["<answer>Lima</answer>"], 0.0),  # blind: no format score without a search
+    (["<search>peru</search>", "<answer>Lima</answer>"], 0.1),  # searched, the answer was not retrieved
+    (["<search>france</search>", "<answer>Lima</answer>"], 0.1 + 0.2),  # searched and retrieved "Paris"
+    (["<answer>Paris</answer>"], 1.0),
+])
+async def test_search_r1_shaping_of_wrong_answers(retriever, replies, reward):
+    env = env_for(retriever, format_score=0.1, format_requires_search=True, retrieval_score=0.2)
+    results = await play(env, *replies)
+    assert results[-1].terminated and results[-1].reward == pytest.approx(reward)
+    assert results[-1].info["retrieved_answer"] is ("<search>france</search>" in replies)
+
+
+async def test_a_custom_instruction_is_the_first_message_and_a_broken_one_is_refused(retriever):
+    env = env_for(retriever, instruction="Q: {question} Use <{search}>.")
+    messages, _ = await env.reset(Task("Where is Paris", ["France"], index=0))
+    assert messages == [{"role": "user", "content": "Q: Where is Paris? Use <search>."}]
+    await env.close()
+    with pytest.raises(ValueError, match="instruction: not a template"):
+        env_for(retriever, instruction="Q: {query}")
 
 
 @pytest.mark.parametrize("reply", ["<search>unclosed query", "no tags at all", "<search>  </search>", "<answer>unclosed"])

@@ -12,7 +12,7 @@ from agentrl.envs.math_env import MathEnv
 from agentrl.errors import ConfigError
 from agentrl.rewards.hub import RewardInput, RewardOverride, last_boxed, make_reward_fn
 from agentrl.rewards.remote import RewardModelError
-from agentrl.rewards.text import exact_match, f1_score, normalize_answer
+from agentrl.rewards.text import contains_answer, exact_match, f1_score, normalize_answer
 from tests.http import serve
 
 
@@ -21,6 +21,11 @@ def test_search_r1_normalisation_exact_match_and_f1():
     assert exact_match("the Paris", ["paris", "Lyon"]) == 1.0 and exact_match("Paris, France", "Paris") == 0.0
     assert f1_score("Paris France", "Paris") == pytest.approx(2 * 0.5 * 1 / 1.5)
     assert f1_score("London", ["Paris"]) == 0.0
+
+
+def test_contains_answer_matches_whole_normalised_words():
+    assert contains_answer("(Title: Peru) Peru uses the Sol.", ["sol", "PEN"])
+    assert not contains_answer("Solomon Islands", "sol") and not contains_answer("anything", [""])
 
 
 def test_last_boxed_balances_braces():
