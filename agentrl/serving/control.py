@@ -19,13 +19,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from aiohttp import web
 
+from agentrl import __version__
 from agentrl.policies.base import Policy
 from agentrl.serving.bodies import BadRequest, Field, bad_request, parse_body, read_json
 from agentrl.serving.gate import RequestGate
@@ -54,7 +54,7 @@ class ControlAPI:
         state = {"paused": self.gate.paused, "num_running": len(self.gate.in_flight), "num_waiting": self.gate.waiting}
         return web.json_response({
             **self.server_args, "weight_version": str(self.policy.weight_version),
-            "internal_states": [state], "version": importlib.metadata.version("agentrl"),
+            "internal_states": [state], "version": __version__,
         })
 
     async def flush_cache(self, _: web.Request) -> web.Response:
