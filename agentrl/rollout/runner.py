@@ -9,6 +9,12 @@
 * ends with one :class:`~agentrl.rollout.trajectory.Termination` reason, and always closes its
   env. An env that raises or hangs ends only its own episode (``env_error`` / ``timeout``);
   an engine failure ends it as ``abort``. A bug in the runner itself is not swallowed.
+
+Partial rollout (slime's ``--partial-rollout``): an episode played with an
+:class:`~agentrl.rollout.interrupt.Interrupt` that keeps partial work is not ended by the
+interrupt's abort but *suspended*: :meth:`RolloutRunner.resume_episode` gets back a
+:class:`SuspendedEpisode` whose env is still open and whose tokens (a turn cut short included,
+with its log-probs) are kept exactly; resuming it continues that turn on exactly those tokens.
 """
 
 from __future__ import annotations
@@ -27,12 +33,16 @@ from tqdm.auto import tqdm
 from agentrl.envs.core import Action, Env, Message, StepResult, Task
 from agentrl.envs.tool_calls import get_tool_parser
 from agentrl.errors import EnvError, EnvTimeoutError, PolicyError
-from agentrl.policies.base import Policy, SamplingParams
+from agentrl.policies.base import Generation, Policy, SamplingParams
 from agentrl.rollout.conversation import BridgeMode, ChatRenderer, TokenConversation
+from agentrl.rollout.interrupt import Interrupt
 from agentrl.rollout.trajectory import Termination, Trajectory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+INTERRUPTED = "interrupted: the rollout step had all the groups it needed"
+"""The error of an episode an :class:`Interrupt` ended (without partial rollout)."""
 
 EnvFactory = Callable[[], Env]
 """Makes a fresh env for one episode, e.g. ``lambda: agentrl.envs.make("agentrl/Math-v0")``."""
@@ -127,9 +137,72 @@ class _Episode:
     turns: int = 0
     generate_s: float = 0.0
     env_s: float = 0.0
+    env: Env | None = None  # made when the episode starts; open while it is suspended
+    partial: Generation | None = None  # a turn cut short by an interrupt, continued on resume
+    suspended: bool = False
+    offpolicy: dict[int, int] = field(default_factory=dict)  # segment -> response tokens [0:n) to mask
+    rollout_steps: list[int] = field(default_factory=list)
 
     def end(self, termination: Termination, error: str | None = None) -> None:
         self.termination, self.error = termination, error
+
+
+class SuspendedEpisode:
+    """An episode that has not ended: not started yet, or stopped mid-way by an
+    :class:`~agentrl.rollout.interrupt.Interrupt` that keeps partial work.
+
+    ``SuspendedEpisode(task, sample_index)`` is a new episode; the runner returns the others.
+    While suspended, a started episode keeps its env open and its tokens exactly as sampled.
+    Continue it with :meth:`RolloutRunner.resume_episode`, or drop it with :meth:`aclose`.
+    """
+
+    def __init__(self, task: Task, sample_index: int = 0) -> None:
+        self._episode = _Episode(task, sample_index)
+
+    @classmethod
+    def _of(cls, episode: _Episode) -> SuspendedEpisode:
+        suspended = cls.__new__(cls)
+        suspended._episode = episode
+        return suspended
+
+    @property
+    def task(self) -> Task:
+        return self._episode.task
+
+    @property
+    def sample_index(self) -> int:
+        return self._episode.sample_index
+
+    @property
+    def started(self) -> bool:
+        """Whether the episode has an env (it was reset)."""
+        return self._episode.env is not None
+
+    @property
+    def turns(self) -> int:
+        """Turns completed so far (a turn cut short is not counted)."""
+        return self._episode.turns
+
+    @property
+    def partial_ids(self) -> list[int]:
+        """The tokens of the turn cut short, ``[K]``; resuming continues after them."""
+        return list(self._episode.partial.token_ids) if self._episode.partial else []
+
+    @property
+    def context_ids(self) -> list[int]:
+        """Exactly what the policy will condition on when resumed: the current segment's tokens
+        followed by :attr:`partial_ids`. Empty before the episode started."""
+        conversation = self._episode.conversation
+        return conversation.context_ids + self.partial_ids if conversation else []
+
+    @property
+    def rollout_steps(self) -> list[int]:
+        """The steps it was played in so far (see :attr:`Trajectory.rollout_steps`)."""
+        return list(self._episode.rollout_steps)
+
+    async def aclose(self) -> None:
+        """Close its env (if started); the episode cannot be resumed afterwards. Safe twice."""
+        await _close_env(self._episode)
 
 
 class RolloutRunner:
@@ -156,30 +229,89 @@ class RolloutRunner:
 
     async def run_episode(self, task: Task, sample_index: int = 0) -> Trajectory:
         """Play one episode to its end; never raises for env or engine failures."""
-        episode = _Episode(task, sample_index)
-        env = self.env_factory()
+        trajectory = await self._drive(_Episode(task, sample_index), None)
+        assert isinstance(trajectory, Trajectory)  # only an interrupt suspends
+        return trajectory
+
+    async def resume_episode(
+        self, episode: SuspendedEpisode, interrupt: Interrupt, *, step: int | None = None, mask_offpolicy: bool = False,
+    ) -> Trajectory | SuspendedEpisode:
+        """Start or continue ``episode`` and play it until it ends or ``interrupt`` stops it.
+
+        A turn cut short is continued token-exact: the request's context is
+        :attr:`SuspendedEpisode.context_ids` and its budget is what the turn had left.
+
+        Args:
+            episode: a new or suspended episode; its state moves on in place (after the call,
+                only its :meth:`~SuspendedEpisode.aclose` is still meaningful).
+            interrupt: stops the episode; it is then suspended (and returned) when the interrupt
+                keeps partial work, else it ends as ``abort``.
+            step: the training step, recorded in :attr:`Trajectory.rollout_steps`.
+            mask_offpolicy: leave every token sampled before this call out of the loss (slime's
+                ``--mask-offpolicy-in-partial-rollout``).
+
+        Returns:
+            The trajectory, or the episode again when it was suspended.
+        """
+        state = episode._episode
+        if mask_offpolicy and state.conversation is not None:
+            segments = state.conversation.segments
+            state.offpolicy = {i: len(s.response_ids) for i, s in enumerate(segments)}
+            state.offpolicy[len(segments) - 1] += len(episode.partial_ids)
+        return await self._drive(state, interrupt, step)
+
+    async def _drive(self, episode: _Episode, interrupt: Interrupt | None, step: int | None = None) -> Trajectory | SuspendedEpisode:
+        """Play ``episode`` from wherever it is; classify its failures; close its env unless suspended."""
+        if interrupt is not None and interrupt.aborted:
+            return await self._stopped(episode, interrupt)
+        if step is not None:
+            episode.rollout_steps.append(step)
+        episode.suspended = False
+        if episode.env is None:
+            episode.env = self.env_factory()
         try:
             async with asyncio.timeout(self.config.episode_timeout_s):
-                await self._play(env, episode)
+                if episode.conversation is None:
+                    await self._start(episode.env, episode)
+                await self._turns(episode.env, episode, interrupt)
         except TimeoutError:
             episode.end(Termination.TIMEOUT, f"episode exceeded episode_timeout_s={self.config.episode_timeout_s}")
         except EnvTimeoutError as e:
             episode.end(Termination.TIMEOUT, str(e))
         except EnvError as e:
-            log.warning("episode (task %d, sample %d) ended by an env error: %s", task.index, sample_index, e)
+            log.warning("episode (task %d, sample %d) ended by an env error: %s", episode.task.index, episode.sample_index, e)
             episode.end(Termination.ENV_ERROR, str(e))
         except PolicyError as e:
             episode.end(Termination.ABORT, str(e))
         finally:
-            await self._close(env, episode)
+            if not episode.suspended:
+                await _close_env(episode)
+        return SuspendedEpisode._of(episode) if episode.suspended else self._trajectory(episode)
+
+    async def _stopped(self, episode: _Episode, interrupt: Interrupt) -> Trajectory | SuspendedEpisode:
+        """An episode the interrupt reached before it (re)started."""
+        if interrupt.keep_partial:
+            episode.suspended = True
+            return SuspendedEpisode._of(episode)
+        episode.end(Termination.ABORT, INTERRUPTED)
+        await _close_env(episode)
         return self._trajectory(episode)
 
-    async def _play(self, env: Env, episode: _Episode) -> None:
+    def _episode_seed(self, episode: _Episode) -> int | None:
         cfg = self.config
-        seed = None if cfg.seed is None else derive_seed(cfg.seed, episode.task.index, episode.sample_index)
-        messages = _reset_messages(await self._env_call(env.reset(episode.task, seed=seed), "reset", episode))
-        conversation = episode.conversation = TokenConversation(self.renderer, messages, tools=env.tools, mode=cfg.bridge_mode)
-        for turn in itertools.count():
+        return None if cfg.seed is None else derive_seed(cfg.seed, episode.task.index, episode.sample_index)
+
+    async def _start(self, env: Env, episode: _Episode) -> None:
+        """Reset the env and open the episode's conversation."""
+        reset = env.reset(episode.task, seed=self._episode_seed(episode))
+        messages = _reset_messages(await self._env_call(reset, "reset", episode))
+        episode.conversation = TokenConversation(self.renderer, messages, tools=env.tools, mode=self.config.bridge_mode)
+
+    async def _turns(self, env: Env, episode: _Episode, interrupt: Interrupt | None) -> None:
+        """Play turns until the episode ends (or is suspended by ``interrupt``)."""
+        cfg, conversation = self.config, episode.conversation
+        assert conversation is not None
+        for turn in itertools.count(episode.turns):
             if cfg.max_turns is not None and turn >= cfg.max_turns:
                 return episode.end(Termination.MAX_TURNS)
             budget = cfg.max_new_tokens
@@ -187,18 +319,9 @@ class RolloutRunner:
                 budget = min(budget, cfg.max_context_len - len(conversation.context_ids))
                 if budget <= 0:
                     return episode.end(Termination.CONTEXT_LIMIT)
-            sampling = SamplingParams(
-                max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                stop=cfg.stop, stop_token_ids=cfg.stop_token_ids,
-                seed=None if seed is None else derive_seed(seed, turn),
-            )
-            started = time.perf_counter()
-            generation = await self.policy.generate(
-                conversation.context_ids, sampling, rid=f"{episode.task.index}-{episode.sample_index}-{id(episode):x}:{turn}"
-            )
-            episode.generate_s += time.perf_counter() - started
+            generation = await self._generate(episode, budget, turn, interrupt)
             if generation.finish_reason == "abort":  # a partial turn is never trained on as complete
-                return episode.end(Termination.ABORT, "the engine aborted the request")
+                return _stop_aborted(episode, generation, interrupt)
             text = conversation.add_generation(generation)
             episode.weight_versions.append(generation.weight_version)
             episode.turns += 1
@@ -218,6 +341,33 @@ class RolloutRunner:
             if cfg.max_context_len is not None and new_len >= cfg.max_context_len:
                 return episode.end(Termination.CONTEXT_LIMIT)
             conversation.add_observation(result.observation, bridge)
+        return None
+
+    async def _generate(self, episode: _Episode, budget: int, turn: int, interrupt: Interrupt | None) -> Generation:
+        """The policy's turn within ``budget`` tokens. A turn an interrupt cut short is continued
+        on its exact tokens and joined with them (its weight version is the first part's)."""
+        cfg, conversation = self.config, episode.conversation
+        assert conversation is not None
+        done, episode.partial = episode.partial, None
+        done_ids = list(done.token_ids) if done else []
+        if done and len(done_ids) >= budget:
+            return Generation(done_ids, list(done.logprobs), "length", done.weight_version)
+        seed = self._episode_seed(episode)
+        sampling = SamplingParams(
+            max_new_tokens=budget - len(done_ids), temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            stop=cfg.stop, stop_token_ids=cfg.stop_token_ids, seed=None if seed is None else derive_seed(seed, turn),
+        )
+        rid = f"{episode.task.index}-{episode.sample_index}-{id(episode):x}:{turn}"
+        started = time.perf_counter()
+        if interrupt is None:
+            generation = await self.policy.generate(conversation.context_ids + done_ids, sampling, rid=rid)
+        else:
+            generation = await interrupt.generate(self.policy, conversation.context_ids + done_ids, sampling, rid=rid)
+        episode.generate_s += time.perf_counter() - started
+        if done is None:
+            return generation
+        return Generation(done_ids + generation.token_ids, list(done.logprobs) + generation.logprobs,
+                          generation.finish_reason, done.weight_version, generation.matched_stop)
 
     async def _env_call(self, awaitable: Awaitable[T], what: str, episode: _Episode) -> T:
         """Await an env call under the step timeout, classifying its failures as env errors."""
@@ -233,16 +383,10 @@ class RolloutRunner:
         finally:
             episode.env_s += time.perf_counter() - started
 
-    async def _close(self, env: Env, episode: _Episode) -> None:
-        try:
-            await env.close()
-        except Exception as e:  # a failing close must not lose the episode
-            log.warning("env.close raised %s: %s", type(e).__name__, e)
-            episode.info = {**episode.info, "close_error": f"{type(e).__name__}: {e}"}
-
     def _trajectory(self, episode: _Episode) -> Trajectory:
         conversation = episode.conversation
         segments = conversation.segments if conversation else []
+        masked = sum(segments[i].mask(min(n, len(segments[i].response_ids))) for i, n in episode.offpolicy.items())
         return Trajectory(
             task_index=episode.task.index,
             sample_index=episode.sample_index,
@@ -260,10 +404,36 @@ class RolloutRunner:
                 "response_tokens": sum(len(s.response_ids) for s in segments),
                 "generate_s": round(episode.generate_s, 6),
                 "env_s": round(episode.env_s, 6),
+                "offpolicy_masked_tokens": masked,
             },
             info=episode.info,
             error=episode.error,
+            rollout_steps=list(episode.rollout_steps),
         )
+
+
+async def _close_env(episode: _Episode) -> None:
+    """Close the episode's env, once; a failing close is logged and noted in its info."""
+    env, episode.env = episode.env, None
+    if env is None:
+        return
+    try:
+        await env.close()
+    except Exception as e:  # a failing close must not lose the episode
+        log.warning("env.close raised %s: %s", type(e).__name__, e)
+        episode.info = {**episode.info, "close_error": f"{type(e).__name__}: {e}"}
+
+
+def _stop_aborted(episode: _Episode, generation: Generation, interrupt: Interrupt | None) -> None:
+    """End an episode whose turn was aborted, or suspend it (keeping the partial turn) when an
+    interrupt that keeps partial work did it."""
+    if interrupt is None or not interrupt.aborted:
+        return episode.end(Termination.ABORT, "the engine aborted the request")
+    if not interrupt.keep_partial:
+        return episode.end(Termination.ABORT, INTERRUPTED)
+    episode.partial = generation if generation.token_ids else None
+    episode.suspended = True
+    return None
 
 
 def _as_step_result(result: Any) -> StepResult:

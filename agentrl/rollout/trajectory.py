@@ -68,6 +68,18 @@ class Segment:
         self.response_ids.extend(token_ids)
         self.loss_mask.extend([1 if sampled else 0] * len(token_ids))
 
+    def mask(self, end: int | None = None) -> int:
+        """Leave response tokens ``[0:end)`` (all when ``None``) out of the loss: mask 0, log-prob
+        0.0. Used for tokens sampled under older weights (partial rollout). Returns how many
+        sampled tokens it masked."""
+        end = len(self.response_ids) if end is None else end
+        if not 0 <= end <= len(self.response_ids):
+            raise ValueError(f"mask end {end} is outside the response of {len(self.response_ids)} tokens")
+        masked = sum(self.loss_mask[:end])
+        self.loss_mask[:end] = [0] * end
+        self.rollout_logprobs[:end] = [0.0] * end
+        return masked
+
     @property
     def token_ids(self) -> list[int]:
         """The whole sequence, prompt then response."""
@@ -88,11 +100,15 @@ class Trajectory:
         messages: the whole conversation as the env and the policy exchanged it.
         rewards: the reward of each env step; the return is their sum.
         termination: why the episode ended.
-        weight_versions: the weight version that produced each turn.
+        weight_versions: the weight version that produced each turn; for a turn that partial
+            rollout split across steps, the version of its first part (the oldest).
         label: the task's label, for readers of rollout dumps.
         metrics: per-episode numbers (turns, tokens, prefix mismatches, times).
         info: the env's info from its last step.
         error: the error that ended the episode (``env_error``, ``abort``, ``timeout``), else None.
+        rollout_steps: the training steps (rollout ids) the episode was played in, in order; more
+            than one when partial rollout resumed it (the first is slime's ``start_rollout_id``).
+            Empty when it was played outside a training step.
     """
 
     task_index: int
@@ -106,6 +122,7 @@ class Trajectory:
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    rollout_steps: list[int] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     @property
