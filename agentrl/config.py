@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from agentrl.engines.backend import BackendConfig
+from agentrl.engines.flags import split_prefixed
 from agentrl.errors import ConfigError
 from agentrl.rollout.runner import RolloutConfig
 from agentrl.trainers.algorithms import ADVANTAGE_ESTIMATORS, KL_TYPES, LossConfig
@@ -75,6 +77,20 @@ class TrainConfig:
     rollout_stop_token_ids: list[int] = opt([], "token ids that end a turn besides the model's eos", nargs="+")
     max_turns: int | None = opt(None, "policy turns per episode")
     rollout_concurrency: int = opt(256, "episodes in flight")
+    over_sampling_batch_size: int | None = opt(None, "prompts launched per sampling round (>= --rollout-batch-size; default: it)")
+    dynamic_sampling_filter_path: str | None = opt(
+        None, "group filter (args, samples) -> DynamicFilterOutput | bool, e.g. agentrl.rollout.filters.check_reward_nonzero_std (or slime's path)")
+    partial_rollout: bool = opt(False, "keep the episodes aborted once the batch is full and resume them next step")
+    buffer_filter_path: str | None = opt(None, "(args, rollout_id, buffer, num_samples) -> groups to resume (default: first in, first out)")
+    mask_offpolicy_in_partial_rollout: bool = opt(False, "loss mask 0 on the tokens a resumed episode sampled in earlier steps")
+    # --- inference engines (default: the embedded engine in this process)
+    rollout_num_engines: int = opt(0, "launch this many engines behind sglang-router instead of the embedded engine")
+    rollout_engine_urls: list[str] = opt([], "attach running SGLang-compatible engines (http://host:port), behind sglang-router", nargs="+")
+    rollout_engine_backend: str = opt("agentrl", "what launched engines run: agentrl (agentrl serve) or sglang", choices=("agentrl", "sglang"))
+    weight_sync: str = opt("distributed", "how weights reach engines over HTTP: distributed (NCCL/gloo group) or disk (safetensors)",
+                           choices=("distributed", "disk"))
+    sglang_args: dict[str, Any] = opt({}, "launched engines' own options under SGLang's names; on the command line --sglang-NAME VALUE", cli=False)
+    router_args: dict[str, Any] = opt({}, "sglang-router's own options; on the command line --router-NAME VALUE", cli=False)
     # --- algorithm
     advantage_estimator: str = opt("grpo", "grpo, gspo, reinforce_plus_plus, reinforce_plus_plus_baseline", choices=ADVANTAGE_ESTIMATORS)
     disable_grpo_std_normalization: bool = opt(False, "GRPO advantages without dividing by the group std (Dr. GRPO)")
@@ -136,6 +152,13 @@ class TrainConfig:
             concurrency=self.rollout_concurrency, seed=self.seed,
         )
 
+    def backend(self) -> BackendConfig:
+        return BackendConfig(
+            num_engines=self.rollout_num_engines, engine_urls=tuple(self.rollout_engine_urls), engine_backend=self.rollout_engine_backend,
+            engine_args=dict(self.sglang_args), router_args=dict(self.router_args), weight_sync=self.weight_sync,
+            device=self.device, bf16=self.bf16, concurrency=self.rollout_concurrency, seed=self.seed,
+        )
+
     def trainer(self) -> TrainerConfig:
         return TrainerConfig(
             lr=self.lr, weight_decay=self.weight_decay, adam_beta1=self.adam_beta1, adam_beta2=self.adam_beta2,
@@ -177,6 +200,10 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("num_rollout", "rollout_batch_size", "n_samples_per_prompt", "rollout_max_response_len", "micro_batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.rollout_num_engines < 0:
+        raise ConfigError(f"--rollout-num-engines must be >= 0, got {cfg.rollout_num_engines}")
+    if (cfg.sglang_args or cfg.router_args) and not cfg.backend().remote:
+        raise ConfigError("--sglang-* and --router-* options need engines: --rollout-num-engines N or --rollout-engine-urls URL ...")
     if cfg.rollout_temperature <= 0:
         raise ConfigError(f"--rollout-temperature must be > 0, got {cfg.rollout_temperature}")
     if cfg.use_dynamic_batch_size and not cfg.max_tokens_per_gpu:
@@ -195,10 +222,24 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"eval_dataset_env_kwargs: {name!r} is not an --eval-prompt-data name ({', '.join(cfg.eval_datasets()) or 'none given'})")
         if not isinstance(kwargs, dict):
             raise ConfigError(f"eval_dataset_env_kwargs: {name}: expected a mapping of env keyword arguments, got {kwargs!r}")
+    _validate_sampling(cfg)
     if cfg.eval_interval is not None and not cfg.eval_prompt_data:
         raise ConfigError("--eval-interval needs --eval-prompt-data")
     if cfg.device not in ("cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ConfigError(f"--device must be cpu or cuda[:N], got {cfg.device!r}")
+
+
+def _validate_sampling(cfg: TrainConfig) -> None:
+    if cfg.over_sampling_batch_size is not None and cfg.over_sampling_batch_size < cfg.rollout_batch_size:
+        raise ConfigError(f"--over-sampling-batch-size {cfg.over_sampling_batch_size} must be >= --rollout-batch-size {cfg.rollout_batch_size}")
+    for flag in ("buffer_filter_path", "mask_offpolicy_in_partial_rollout"):
+        if getattr(cfg, flag) and not cfg.partial_rollout:
+            raise ConfigError(f"--{flag.replace('_', '-')} needs --partial-rollout")
+    if cfg.dynamic_sampling_filter_path and cfg.n_samples_per_prompt < 2:
+        raise ConfigError("--dynamic-sampling-filter-path needs --n-samples-per-prompt >= 2 (a group of one has no reward spread)")
+    sampling = cfg.over_sampling_batch_size is not None or cfg.dynamic_sampling_filter_path or cfg.partial_rollout
+    if sampling and cfg.custom_generate_function_path:
+        raise ConfigError("--over-sampling-batch-size, --dynamic-sampling-filter-path and --partial-rollout do not work with --custom-generate-function-path")
 
 
 def _batch_identity(cfg: TrainConfig) -> tuple[int, int]:
@@ -258,12 +299,18 @@ def load_config(argv: Sequence[str]) -> TrainConfig:
     Raises:
         ConfigError: an unknown key or flag, a bad value, or a broken batch identity.
     """
+    passed_through = {}
+    for prefix in ("sglang", "router"):
+        passed_through[f"{prefix}_args"], argv = split_prefixed(argv, prefix)
     args = vars(build_parser().parse_args(list(argv)))
     values: dict[str, Any] = {}
     config_file = args.pop("config", None)
     if config_file is not None:
         values.update(_read_yaml(config_file))
     values.update(args)
+    for key, options in passed_through.items():
+        if options:
+            values[key] = {**values.get(key, {}), **options}
     try:
         return TrainConfig(**values)
     except TypeError as e:  # a YAML value of the wrong shape

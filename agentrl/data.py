@@ -110,11 +110,13 @@ class TaskStream:
     epoch: int = 0
     cursor: int = 0
 
-    def next_batch(self) -> list[Task]:
+    def next_batch(self, n: int | None = None) -> list[Task]:
+        """The next ``n`` tasks (default: the batch size), wrapping into the next epoch."""
+        size = self.batch_size if n is None else n
         batch: list[Task] = []
-        while len(batch) < self.batch_size:
+        while len(batch) < size:
             order = self._order()
-            take = order[self.cursor : self.cursor + self.batch_size - len(batch)]
+            take = order[self.cursor : self.cursor + size - len(batch)]
             batch.extend(self.tasks[i] for i in take)
             self.cursor += len(take)
             if self.cursor >= len(order):

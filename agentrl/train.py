@@ -16,30 +16,32 @@ import dataclasses
 import json
 import statistics
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from agentrl.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from agentrl.compat.slime_generate import SlimeGenerateRunner
 from agentrl.config import TrainConfig
 from agentrl.data import TaskKeys, TaskStream, load_tasks
+from agentrl.engines.backend import RolloutBackend, open_backend
 from agentrl.envs import Env, make
 from agentrl.metrics import MetricsLogger
 from agentrl.models.resolve import resolve_model
-from agentrl.policies.embedded import DTYPES, EmbeddedEngine
 from agentrl.rewards.hub import RewardOverride, make_reward_fn
 from agentrl.plugins import load_function
 from agentrl.rollout import ChatRenderer, RolloutConfig, RolloutRunner, Trajectory, derive_seed, summarize
 from agentrl.rollout.dump import write_dump
-from agentrl.serving import SGLangServer
+from agentrl.rollout.filters import load_group_filter
+from agentrl.rollout.partial import PartialRolloutBuffer, load_buffer_filter, pop_first
+from agentrl.rollout.sampling import collect_groups
 from agentrl.trainers.batching import build_train_sequences
 from agentrl.trainers.torch_trainer import TorchTrainer
-from agentrl.trainers.weight_sync import EngineWeightSync
 
 PLAIN_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 """Used with ``--no-apply-chat-template``: the prompt text as it is."""
@@ -64,26 +66,31 @@ class _Run:
         model_dir = resolve_model(cfg.hf_checkpoint)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.trainer = TorchTrainer(model_dir, cfg.trainer(), cfg.loss(), device=cfg.device)
-        engine_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES["bfloat16" if cfg.bf16 else "float32"])
-        self.engine = EmbeddedEngine(engine_model, self.tokenizer, max_batch_size=cfg.rollout_concurrency, device=cfg.device, seed=cfg.seed)
-        self.sync = EngineWeightSync([self.engine])
         self.renderer = ChatRenderer(self.tokenizer, chat_template=None if cfg.apply_chat_template else PLAIN_TEMPLATE)
         self.reward_fn = make_reward_fn(cfg.rm_type, rm_url=cfg.rm_url, custom_rm_path=cfg.custom_rm_path, args=cfg)
         self.logger = MetricsLogger(self.out)
         self.model_dir = model_dir
         self.generate_fn = load_function(cfg.custom_generate_function_path, flag="--custom-generate-function-path") if cfg.custom_generate_function_path else None
-        self.server: SGLangServer | None = None  # serves the engine to a custom generate function
+        self.backend: RolloutBackend | None = None  # the engines, from main() on
+        self.weight_version = 0
+        self.dynamic_filter = load_group_filter(cfg.dynamic_sampling_filter_path) if cfg.dynamic_sampling_filter_path else None
+        self.partial_buffer = (
+            PartialRolloutBuffer(load_buffer_filter(cfg.buffer_filter_path) if cfg.buffer_filter_path else pop_first, args=cfg)
+            if cfg.partial_rollout else None
+        )
+        self.samples_dynamically = cfg.over_sampling_batch_size is not None or self.dynamic_filter is not None or cfg.partial_rollout
 
     def runner(self, config: RolloutConfig, *, eval_dataset: str | None = None) -> RolloutRunner | SlimeGenerateRunner:
         """What plays the episodes (of training, or of one eval dataset): the env through the
         rollout runner, or a slime generate function."""
+        assert self.backend is not None, "the engines start in main()"
         if self.generate_fn is None:
-            return RolloutRunner(self.engine, self.renderer, lambda: self.make_env(eval_dataset), config)
-        assert self.server is not None
-        args = argparse.Namespace(**{**self.cfg.to_dict(), "hf_checkpoint": str(self.model_dir), "sglang_router_ip": self.server.host,
-                                     "sglang_router_port": self.server.port, "partial_rollout": False})
+            return RolloutRunner(self.backend.policy, self.renderer, lambda: self.make_env(eval_dataset), config)
+        api = urllib.parse.urlsplit(self.backend.api_url)
+        args = argparse.Namespace(**{**self.cfg.to_dict(), "hf_checkpoint": str(self.model_dir), "sglang_router_ip": api.hostname,
+                                     "sglang_router_port": api.port, "partial_rollout": False})
         return SlimeGenerateRunner(self.generate_fn, args, self.tokenizer, self.reward_fn, config,
-                                   apply_chat_template=self.cfg.apply_chat_template, weight_version=self.engine.weight_version, evaluation=eval_dataset is not None)
+                                   apply_chat_template=self.cfg.apply_chat_template, weight_version=self.weight_version, evaluation=eval_dataset is not None)
 
     def make_env(self, eval_dataset: str | None = None) -> Env:
         env = make(self.cfg.env, **self.cfg.env_kwargs_for(eval_dataset))
@@ -91,15 +98,16 @@ class _Run:
 
     async def main(self) -> dict[str, Any]:
         cfg = self.cfg
-        start = await self.resume() if cfg.load else 0
+        start = self.resume() if cfg.load else 0
         last: dict[str, Any] = {}
         bar = tqdm(range(start, cfg.num_rollout), desc="train", initial=start, total=cfg.num_rollout, dynamic_ncols=True)
         positions: dict[int, dict[str, int]] = {}
         pending: asyncio.Task[tuple[list[Trajectory], dict[str, Any]]] | None = None
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(self.engine)
-            if self.generate_fn is not None:
-                self.server = await stack.enter_async_context(SGLangServer(self.engine, self.tokenizer, model_path=str(self.model_dir)))
+            self.backend = await stack.enter_async_context(
+                open_backend(cfg.backend(), self.model_dir, self.tokenizer, self.out, serve_api=self.generate_fn is not None))
+            if start:
+                await self.push_weights(start)
             for step in bar:
                 if cfg.eval_interval and step % cfg.eval_interval == 0:
                     self.logger.log(step, await self.evaluate(step))
@@ -116,7 +124,7 @@ class _Run:
                 if not cfg.train_async:
                     metrics["perf/weight_sync_time_s"] = await self.push_weights(step + 1)
                 metrics["perf/step_time_s"] = time.perf_counter() - metrics.pop("_started")
-                metrics["weight_version"] = self.engine.weight_version
+                metrics["weight_version"] = self.weight_version
                 self.logger.log(step + 1, metrics)
                 last = metrics
                 bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
@@ -127,6 +135,8 @@ class _Run:
                 await self.push_weights(cfg.num_rollout)
             if cfg.eval_interval:
                 self.logger.log(cfg.num_rollout, await self.evaluate(cfg.num_rollout))
+        if self.partial_buffer is not None:
+            await self.partial_buffer.aclose()
         if hasattr(self.reward_fn, "aclose"):
             await self.reward_fn.aclose()
         self.trainer.save_hf(self.out / "hf_model")
@@ -137,12 +147,20 @@ class _Run:
     # ------------------------------------------------------------------ phases
     async def rollout(self, step: int, positions: dict[int, dict[str, int]]) -> tuple[list[Trajectory], dict[str, Any]]:
         started = time.perf_counter()
-        tasks = self.stream.next_batch()
-        positions[step] = self.stream.position
         seed = derive_seed(self.cfg.seed, step) if self.cfg.deterministic else None
-        trajectories = await self.runner(dataclasses.replace(self.cfg.rollout(), seed=seed)).run(tasks, desc=f"rollout {step + 1}")
+        runner = self.runner(dataclasses.replace(self.cfg.rollout(), seed=seed))
+        if self.samples_dynamically:
+            assert isinstance(runner, RolloutRunner)
+            collected = await collect_groups(
+                runner, self.stream.next_batch, target=self.cfg.rollout_batch_size, over_sampling_batch_size=self.cfg.over_sampling_batch_size,
+                dynamic_filter=self.dynamic_filter, filter_args=self.cfg, buffer=self.partial_buffer,
+                mask_offpolicy=self.cfg.mask_offpolicy_in_partial_rollout, step=step, desc=f"rollout {step + 1}")
+            trajectories, sampling_metrics = collected.trajectories, collected.metrics
+        else:
+            trajectories, sampling_metrics = await runner.run(self.stream.next_batch(), desc=f"rollout {step + 1}"), {}
+        positions[step] = self.stream.position
         elapsed = time.perf_counter() - started
-        metrics = {f"rollout/{k}": v for k, v in episode_metrics(trajectories, self.cfg.n_samples_per_prompt).items()}
+        metrics = {f"rollout/{k}": v for k, v in episode_metrics(trajectories, self.cfg.n_samples_per_prompt).items()} | sampling_metrics
         metrics |= {"perf/rollout_time_s": elapsed, "perf/rollout_tokens_per_s": summarize(trajectories, elapsed_s=elapsed)["tokens_per_s"], "_started": started}
         return trajectories, metrics
 
@@ -159,7 +177,8 @@ class _Run:
 
     async def push_weights(self, version: int) -> float:
         started = time.perf_counter()
-        await self.sync.push(self.trainer.named_weights(), weight_version=version)
+        await self.backend.push(self.trainer.named_weights(), version)
+        self.weight_version = version
         return time.perf_counter() - started
 
     async def evaluate(self, step: int) -> dict[str, Any]:
@@ -176,11 +195,11 @@ class _Run:
         root = self.cfg.save or self.out / "checkpoints"
         save_checkpoint(root, LoopState(step, data_position), self.trainer.state_dict())
 
-    async def resume(self) -> int:
+    def resume(self) -> int:
+        """Load the checkpoint of ``--load``; the engines get its weights once they run."""
         state, trainer_state = load_checkpoint(self.cfg.load)  # type: ignore[arg-type]
         self.trainer.load_state_dict(trainer_state)
         self.stream.seek(state.data_position)
-        await self.sync.push(self.trainer.named_weights(), weight_version=state.step)
         tqdm.write(f"[agentrl] resumed from {self.cfg.load} at step {state.step}")
         return state.step
 

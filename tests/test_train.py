@@ -152,3 +152,24 @@ def test_a_slime_generate_function_runs_against_the_engine_over_http(tiny_dir, d
     kept = [r for r in dumped if r["termination"] != "env_error"]
     assert all(r["segments"][0]["loss_mask"][-1] == 0 for r in kept)  # the observation is masked
     assert "RuntimeError: this task's tool is down" in next(r["error"] for r in dumped if r["termination"] == "env_error")
+
+
+def test_dynamic_sampling_with_partial_rollout_trains_only_groups_with_reward_spread(tiny_dir, data, tmp_path, monkeypatch):
+    (tmp_path / "length_rm.py").write_text("async def reward(args, sample, **kw):\n    return float(len(sample.response) % 2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    train(load_config(args(tiny_dir, data, out, "--num-rollout", "3", "--custom-rm-path", "length_rm.reward", "--no-bf16",
+                           "--over-sampling-batch-size", "3", "--partial-rollout", "--mask-offpolicy-in-partial-rollout",
+                           "--dynamic-sampling-filter-path", "agentrl.rollout.filters.check_reward_nonzero_std")))
+    steps = [r for r in records(out) if "rollout/reward_mean" in r]
+    assert len(steps) == 3
+    for step in steps:
+        assert step["over_sampling/groups_launched"] >= 3 and "partial_rollout/buffer_groups" in step
+        assert step["over_sampling/groups_launched"] == (
+            2 + step["over_sampling/groups_dropped"] + step["over_sampling/groups_leftover"]), step
+    dumped = [json.loads(line) for line in (out / "rollouts" / "step_00002.jsonl").read_text().splitlines()]
+    assert len(dumped) == 4
+    for group in (dumped[:2], dumped[2:]):  # every trained group has a reward spread
+        assert len({r["reward"] for r in group}) == 2
+    drops = sum(v for s in steps for k, v in s.items() if k.startswith("dynamic_filter/drop_zero_std_"))
+    assert drops == sum(s["over_sampling/groups_dropped"] for s in steps) and drops > 0

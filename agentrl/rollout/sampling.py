@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from agentrl.envs.core import Task
 from agentrl.errors import ConfigError, DataError
 from agentrl.rollout.filters import GroupFilter, apply_filter
@@ -78,6 +80,7 @@ async def collect_groups(
     buffer: PartialRolloutBuffer | None = None,
     mask_offpolicy: bool = False,
     step: int = 0,
+    desc: str | None = None,
 ) -> CollectedGroups:
     """Collect ``target`` groups that pass ``dynamic_filter``; see the module docstring.
 
@@ -92,6 +95,7 @@ async def collect_groups(
         buffer: the partial-rollout buffer; ``None`` turns partial rollout off.
         mask_offpolicy: leave tokens sampled in earlier steps out of the loss.
         step: this rollout step, recorded in each trajectory's ``rollout_steps``.
+        desc: label of a progress bar of kept groups (with drops and launches); ``None`` for none.
 
     Raises:
         ConfigError: ``target`` < 1, ``over_sampling_batch_size`` < ``target``, or
@@ -106,7 +110,8 @@ async def collect_groups(
     if mask_offpolicy and buffer is None:
         raise ConfigError("--mask-offpolicy-in-partial-rollout needs --partial-rollout")
     collection = _Collection(runner, next_tasks, target, over, dynamic_filter, filter_args, buffer, mask_offpolicy, step)
-    return await collection.run()
+    with tqdm(total=target, desc=desc, unit="group", leave=False, dynamic_ncols=True, disable=desc is None) as collection.progress:
+        return await collection.run()
 
 
 @dataclass
@@ -133,6 +138,7 @@ class _Collection:
         self.launched = 0
         self.counts: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
+        self.progress: tqdm | None = None
 
     async def run(self) -> CollectedGroups:
         try:
@@ -197,9 +203,12 @@ class _Collection:
         verdict = apply_filter(self.dynamic_filter, self.filter_args, group)
         if verdict.keep or (verdict.keep_when_insufficient and self.remaining <= self.target):
             self.kept.append((launch.order, group))
-            return
-        self.drops[verdict.reason or str(getattr(self.dynamic_filter, "__name__", "dynamic_filter"))] += 1
-        self.remaining -= 1
+        else:
+            self.drops[verdict.reason or str(getattr(self.dynamic_filter, "__name__", "dynamic_filter"))] += 1
+            self.remaining -= 1
+        if self.progress is not None:
+            self.progress.n = len(self.kept)
+            self.progress.set_postfix(launched=self.launched, dropped=sum(self.drops.values()))
 
     async def _abort(self) -> list[tuple[_Launch, list[Member]]]:
         """Abort what is in flight and wait for it to stop; the leftovers in launch order."""
