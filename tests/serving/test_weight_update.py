@@ -6,6 +6,7 @@ Also: bodies refused with reasons, pickle files never loaded, and pause / contin
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import pickle
 
 import aiohttp
@@ -232,3 +233,12 @@ async def until_running(http, timeout_s: float = 30.0) -> None:
     while (await server_state(http))["num_running"] == 0:
         assert asyncio.get_running_loop().time() < deadline, "the request never started"
         await asyncio.sleep(0.05)
+
+
+def test_the_tensor_transport_says_it_needs_sglang_where_sglang_is_missing():
+    if importlib.util.find_spec("sglang") is not None:
+        pytest.skip("sglang is installed: this test is about machines without it")
+    from agentrl.trainers.weight_sync import TensorWeightSync
+
+    with pytest.raises(ImportError, match="TensorWeightSync needs sglang"):
+        TensorWeightSync(["http://127.0.0.1:1"])
