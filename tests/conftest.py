@@ -1,4 +1,4 @@
-"""Shared fixtures: the real SmolLM2 tokenizer (from the built-in model cache)."""
+"""Shared fixtures: the real SmolLM2 tokenizer and model (from the built-in model cache)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,15 @@ def tokenizer(smollm2_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_fp32(smollm2_dir):
+    """SmolLM2 in fp32, in eval mode: engines built on it must not change it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
 
 
 def pytest_collection_modifyitems(config, items):

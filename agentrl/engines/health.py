@@ -53,3 +53,20 @@ async def wait_healthy(session: aiohttp.ClientSession, url: str, timeout_s: floa
         if not reason:
             return
         await asyncio.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
+
+
+async def start_healthy(process: ManagedProcess, session: aiohttp.ClientSession, url: str, timeout_s: float, *,
+                        path: str = HEALTH_PATH) -> None:
+    """Start ``process`` and return once ``url`` is healthy; on any failure, or if cancelled,
+    kill it first.
+
+    Raises:
+        NotHealthy: as :func:`wait_healthy`.
+        OSError: the process could not be started.
+    """
+    try:
+        process.start()
+        await wait_healthy(session, url, timeout_s, process=process, path=path)
+    except BaseException:
+        process.kill()
+        raise

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from agentrl.engines.flags import to_flags
-from agentrl.engines.health import NotHealthy, wait_healthy
+from agentrl.engines.health import NotHealthy, start_healthy, wait_healthy
 from agentrl.engines.process import ManagedProcess, free_port
 from agentrl.errors import ConfigError, PolicyError
 
@@ -127,15 +127,10 @@ class LaunchedEngine:
         self.process = process = ManagedProcess(self.name, self.spec.command(self._port), self.log_path, self.spec.env)
         self.launches += 1
         try:
-            process.start()
-            await wait_healthy(session, self.url, timeout_s, process=process)
+            await start_healthy(process, session, self.url, timeout_s)
         except (NotHealthy, OSError) as e:
-            process.kill()
             url, self._port = self.url, self.spec.port  # a fresh port next time, in case this one was the problem
             raise EngineLaunchError(f"engine {self.name} ({url}) {e}\n{process.describe()}") from None
-        except BaseException:
-            process.kill()
-            raise
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM, up to ``grace_s`` to exit, then SIGKILL."""

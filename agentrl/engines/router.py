@@ -27,7 +27,7 @@ from typing import Any, Self
 import aiohttp
 
 from agentrl.engines.flags import to_flags
-from agentrl.engines.health import NotHealthy, wait_healthy
+from agentrl.engines.health import NotHealthy, start_healthy
 from agentrl.engines.launch import url_of
 from agentrl.engines.process import ManagedProcess, free_port
 from agentrl.errors import ConfigError, PolicyError
@@ -100,14 +100,9 @@ class RouterProcess:
         """
         self.process = process = ManagedProcess("router", self.spec.command(self.port), self.log_path)
         try:
-            process.start()
-            await wait_healthy(session, self.url, timeout_s, process=process, path="/health")
+            await start_healthy(process, session, self.url, timeout_s, path="/health")
         except (NotHealthy, OSError) as e:
-            process.kill()
             raise RouterError(f"sglang-router ({self.url}) {e}\n{process.describe()}") from None
-        except BaseException:
-            process.kill()
-            raise
 
     async def stop(self, grace_s: float) -> None:
         if self.process is not None:

@@ -20,9 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-import torch
 from aiohttp import web
-from transformers import AutoModelForCausalLM
 
 from agentrl.errors import PolicyError
 from agentrl.policies import SGLangPolicy
@@ -219,14 +217,9 @@ async def test_a_matched_stop_string_the_caller_asked_for_is_a_stop_and_older_se
 
 # --- (c) end to end against SGLangServer over the embedded engine -------------------------------
 
-@pytest.fixture(scope="module")
-def model(smollm2_dir):
-    return AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
-
-
 @pytest.fixture
-async def served(model, tokenizer, smollm2_dir):
-    async with EmbeddedEngine(model, tokenizer, seed=0) as engine, SGLangServer(engine, tokenizer, model_path=str(smollm2_dir)) as server:
+async def served(smollm2_fp32, tokenizer, smollm2_dir):
+    async with EmbeddedEngine(smollm2_fp32, tokenizer, seed=0) as engine, SGLangServer(engine, tokenizer, model_path=str(smollm2_dir)) as server:
         yield engine, server
 
 

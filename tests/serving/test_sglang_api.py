@@ -7,22 +7,15 @@ import asyncio
 
 import aiohttp
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.embedded import EmbeddedEngine
 from agentrl.serving import SGLangServer
 
 
-@pytest.fixture(scope="module")
-def model(smollm2_dir):
-    return AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
-
-
 @pytest.fixture
-async def served(model, tokenizer, smollm2_dir):
-    async with EmbeddedEngine(model, tokenizer, seed=0) as engine, SGLangServer(engine, tokenizer, model_path=str(smollm2_dir)) as server:
+async def served(smollm2_fp32, tokenizer, smollm2_dir):
+    async with EmbeddedEngine(smollm2_fp32, tokenizer, seed=0) as engine, SGLangServer(engine, tokenizer, model_path=str(smollm2_dir)) as server:
         async with aiohttp.ClientSession(server.url) as http:
             yield engine, http
 
