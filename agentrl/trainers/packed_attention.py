@@ -29,7 +29,10 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
 PACKED_ATTENTION = "agentrl_packed"
-MATH_ATTENTION_MAX_SCORES = 2**26
+MATH_ATTENTION_MAX_SCORES = 2**24
+"""Largest ``[R, H, Lq, Lk]`` the CPU matmul path takes; bigger ones go to SDPA. That path keeps
+each layer's fp32 scores and probabilities for backward (~200 MB a layer at this size); at 2**26,
+SmolLM2's 30 layers on 4-turn Search-R1 micro-batches of 8k tokens ran a 23 GB machine out of memory."""
 """On CPU, attention scores up to this many elements are computed as plain matmuls (faster than
 SDPA's CPU backward for short rows); larger ones go through memory-efficient SDPA."""
 

@@ -3,10 +3,12 @@
 The model reasons, asks ``<search>query</search>`` and gets the retriever's passages back inside
 ``<information>...</information>`` (an observation: tokens it did not write, loss-masked by the
 rollout runner), and ends with ``<answer>...</answer>``, scored by exact match with Search-R1's
-normalisation against the task's gold answers (a string or a list). A correct answer earns 1. A
-wrong answer earns Search-R1's shaping terms, both 0 by default: ``format_score`` when it is
-well-formed (with ``format_requires_search``, only after at least one search), plus
-``retrieval_score`` when a search retrieved a passage that contains a gold answer.
+normalisation against the task's gold answers (a string or a list). A correct answer earns 1. Two
+shaping terms, both 0 by default: a wrong answer earns ``format_score`` when it is well-formed
+(with ``format_requires_search``, only after at least one search), and the first search whose
+passages contain a gold answer earns ``retrieval_score`` at that step, whatever comes after (the
+episode's return is the sum). Unlike a format score, a model cannot collect it without finding
+the answer.
 
 * A turn with neither a closed ``<search>`` nor a closed ``<answer>`` gets a corrective
   observation; so does an empty query. An empty result is an observation too ("no results").
@@ -51,7 +53,7 @@ class SearchR1Env(Env):
         format_score: reward of a well-formed wrong answer.
         format_requires_search: a wrong answer earns ``format_score`` only after a search (so a
             model cannot collect it by answering blind).
-        retrieval_score: added to a wrong answer when a retrieved passage held a gold answer.
+        retrieval_score: reward of the first search that retrieves a passage holding a gold answer.
         search_enabled: False answers searches with "search is disabled" (control runs).
         tags: names of the ``think``, ``search``, ``information`` and ``answer`` tags.
         observation_role: the chat role observations are sent as.
@@ -103,13 +105,14 @@ class SearchR1Env(Env):
         before = self.retriever.failed_attempts
         passages = await self.retriever.search(query.strip())
         self._info["retrieval_retries"] += self.retriever.failed_attempts - before
-        self._info["retrieved_answer"] |= any(contains_answer(p, self._label) for p in passages)
+        found = not self._info["retrieved_answer"] and any(contains_answer(p, self._label) for p in passages)
+        self._info["retrieved_answer"] |= found
         body = "\n".join(f"Doc {i}{p}" for i, p in enumerate(passages, 1)) if passages else "No results."
-        return self._observe(self._wrap(body))
+        return self._observe(self._wrap(body), reward=self.retrieval_score if found else 0.0)
 
     def _wrong_answer_reward(self) -> float:
         formatted = self._info["searches"] > 0 or not self.format_requires_search
-        return (self.format_score if formatted else 0.0) + (self.retrieval_score if self._info["retrieved_answer"] else 0.0)
+        return self.format_score if formatted else 0.0
 
     async def close(self) -> None:
         await self.retriever.aclose()
@@ -121,8 +124,8 @@ class SearchR1Env(Env):
         tag = self.tags["information"]
         return f"\n<{tag}>{text}</{tag}>\n"
 
-    def _observe(self, content: str) -> StepResult:
-        return StepResult([{"role": self.observation_role, "content": content}], 0.0, False, False, dict(self._info))
+    def _observe(self, content: str, reward: float = 0.0) -> StepResult:
+        return StepResult([{"role": self.observation_role, "content": content}], reward, False, False, dict(self._info))
 
 
 def _tag_pattern(tag: str) -> re.Pattern[str]:

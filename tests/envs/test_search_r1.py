@@ -75,13 +75,14 @@ async def test_several_searches_an_empty_result_and_a_wrong_answer_with_format_s
 @pytest.mark.parametrize(("replies", "reward"), [
     (["<answer>Lima</answer>"], 0.0),  # blind: no format score without a search
     (["<search>peru</search>", "<answer>Lima</answer>"], 0.1),  # searched, the answer was not retrieved
-    (["<search>france</search>", "<answer>Lima</answer>"], 0.1 + 0.2),  # searched and retrieved "Paris"
+    (["<search>france</search>", "<answer>Lima</answer>"], 0.2 + 0.1),  # retrieved "Paris", then a wrong answer
+    (["<search>france</search>", "<search>france</search>", "<answer>Paris</answer>"], 0.2 + 1.0),  # retrieval pays once
     (["<answer>Paris</answer>"], 1.0),
 ])
-async def test_search_r1_shaping_of_wrong_answers(retriever, replies, reward):
+async def test_search_r1_shaping(retriever, replies, reward):
     env = env_for(retriever, format_score=0.1, format_requires_search=True, retrieval_score=0.2)
     results = await play(env, *replies)
-    assert results[-1].terminated and results[-1].reward == pytest.approx(reward)
+    assert results[-1].terminated and sum(r.reward for r in results) == pytest.approx(reward)
     assert results[-1].info["retrieved_answer"] is ("<search>france</search>" in replies)
 
 
