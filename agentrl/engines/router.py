@@ -69,9 +69,14 @@ class RouterSpec:
         to_flags(self.router_args, field="RouterSpec.router_args")
 
     def command(self, port: int) -> list[str]:
-        """The argv that launches the router on ``port``."""
+        """The argv that launches the router on ``port``. Its Prometheus exporter gets a free
+        port unless ``router_args`` names one: the router's default (29000) is taken by any
+        other router on the host, and the router then exits at start."""
+        args = dict(self.router_args)
+        if not any(str(k).replace("-", "_") == "prometheus_port" for k in args):
+            args["prometheus_port"] = free_port(self.host)
         return [self.python, "-m", "sglang_router.launch_router", "--host", self.host, "--port", str(port),
-                *to_flags(self.router_args, field="RouterSpec.router_args")]
+                *to_flags(args, field="RouterSpec.router_args")]
 
 
 class RouterProcess:

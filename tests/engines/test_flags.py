@@ -44,8 +44,10 @@ def test_engine_commands_for_both_backends():
     assert sglang.command(31000) == ["numactl", "--cpunodebind=0", sys.executable, "-m", "sglang.launch_server", "--model-path",
                                      "/models/qwen", "--host", "127.0.0.1", "--port", "31000", "--tp-size", "2"]
     assert EngineSpec("smollm2-135m").command(5)[1:5] == ["-m", "agentrl.cli", "serve", "--model-path"]
-    assert RouterSpec({"policy": "manual"}, port=7).command(7)[1:] == ["-m", "sglang_router.launch_router", "--host", "127.0.0.1",
-                                                                      "--port", "7", "--policy", "manual"]
+    router = RouterSpec({"policy": "manual"}, port=7).command(7)
+    assert router[1:9] == ["-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", "7", "--policy", "manual"]
+    assert router[9] == "--prometheus-port" and 0 < int(router[10]) < 65536  # a free one: the default 29000 collides
+    assert "--prometheus-port" not in RouterSpec({"prometheus_port": 9100}).command(7)[:-2]
 
 
 @pytest.mark.parametrize(("make", "message"), [

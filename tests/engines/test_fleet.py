@@ -198,7 +198,7 @@ import asyncio, logging, sys
 from agentrl.engines import EngineFleet, EngineSpec, FleetConfig, RouterSpec
 logging.basicConfig(level=logging.INFO)
 spec = EngineSpec("unused", launcher=("sh", "-c", 'echo "pid $$"; exec sleep 600'))
-asyncio.run(EngineFleet([spec], sys.argv[1], router=RouterSpec(), config=FleetConfig(start_timeout_s=300)).start())
+asyncio.run(EngineFleet([spec], sys.argv[1], router=RouterSpec(), config=FleetConfig(start_timeout_s=300, stop_grace_s=5)).start())
 """
 
 
@@ -214,10 +214,13 @@ def test_ctrl_c_while_starting_kills_the_router_and_the_engines(tmp_path):
             engine_pid = int(ENGINE_PID.search(_read(tmp_path / "engine-0.log"))[1])
             assert not gone(router_pid) and not gone(engine_pid)
             script.send_signal(signal.SIGINT)
-            assert script.wait(timeout=30) != 0
+            assert script.wait(timeout=120) != 0
         finally:
             script.kill()
             script.wait()
+            for pid in (locals().get("router_pid"), locals().get("engine_pid")):  # never leak a router holding its ports
+                if pid is not None and not gone(pid):
+                    os.kill(pid, signal.SIGKILL)
         assert "KeyboardInterrupt" in (tmp_path / "stderr").read_text()
     assert gone(router_pid) and gone(engine_pid)
 

@@ -468,7 +468,7 @@ async def router(worker_urls: list[str]) -> AsyncIterator[str]:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port), "--policy", "manual",
-        "--assignment-mode", "min_group", "--log-level", "error", "--worker-urls", *worker_urls,
+        "--prometheus-port", str(free_port()), "--assignment-mode", "min_group", "--log-level", "error", "--worker-urls", *worker_urls,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
