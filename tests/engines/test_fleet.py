@@ -194,8 +194,9 @@ async def test_router_registry_refuses_an_unreachable_worker_in_bounded_time(tmp
 
 
 INTERRUPTED = """
-import asyncio, logging, sys
+import asyncio, logging, signal, sys
 from agentrl.engines import EngineFleet, EngineSpec, FleetConfig, RouterSpec
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background non-interactive shell starts us with SIGINT ignored
 logging.basicConfig(level=logging.INFO)
 spec = EngineSpec("unused", launcher=("sh", "-c", 'echo "pid $$"; exec sleep 600'))
 asyncio.run(EngineFleet([spec], sys.argv[1], router=RouterSpec(), config=FleetConfig(start_timeout_s=300, stop_grace_s=5)).start())
