@@ -1,0 +1,116 @@
+"""The Search-R1 retrieval server under load: N concurrent queries from the env's own client.
+
+Starts ``python -m envs_contrib.search_r1.server`` on the example corpus (built by
+``examples/search_r1/make_data.py`` when missing) as a separate process, then fires ``--queries``
+searches at once, each from its own :class:`RetrieverClient` (as ``--queries`` concurrent
+episodes would), and records per-query latency, errors and throughput.
+
+Baseline: the same queries answered by the same BM25 index in this process, one call per query
+(no HTTP, no concurrency): what the server adds is the difference.
+
+    python bench/retriever_load.py [--queries 1000] [--topk 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from envs_contrib.search_r1.retriever import RetrieverClient
+from envs_contrib.search_r1.server import BM25Index, load_corpus
+
+DATA = Path("examples/search_r1/data")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(corpus: Path, port: int, timeout_s: float = 120.0) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, "-m", "envs_contrib.search_r1.server", "--corpus", str(corpus), "--port", str(port)])
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the retrieval server exited with {server.returncode} before it was healthy")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit(f"the retrieval server was not healthy within {timeout_s:.0f} s")
+
+
+async def fire(url: str, queries: list[str], topk: int) -> tuple[list[float], int, float]:
+    """Every query at once, each from its own client. Returns (latencies in s, errors, wall s)."""
+    clients = [RetrieverClient(url, topk=topk, timeout_s=60.0, retries=0) for _ in queries]
+
+    async def one(client: RetrieverClient, query: str) -> float | None:
+        started = time.perf_counter()
+        try:
+            passages = await client.search(query)
+        except Exception as e:  # noqa: BLE001 - every failure is counted, none stops the run
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            return None
+        return time.perf_counter() - started if passages else None
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(one(c, q) for c, q in zip(clients, queries)))
+    wall = time.perf_counter() - started
+    await asyncio.gather(*(c.aclose() for c in clients))
+    latencies = [r for r in results if r is not None]
+    return latencies, len(results) - len(latencies), wall
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=1000, help="concurrent queries (one client each)")
+    parser.add_argument("--topk", type=int, default=3)
+    args = parser.parse_args()
+    if not (DATA / "corpus.jsonl").is_file():
+        subprocess.run([sys.executable, "examples/search_r1/make_data.py", "--out", str(DATA)], check=True)
+    questions = [json.loads(line)["question"] for line in open(DATA / "train.jsonl")]
+    queries = [questions[i % len(questions)] for i in range(args.queries)]
+
+    index = BM25Index(load_corpus(DATA / "corpus.jsonl"))
+    started = time.perf_counter()
+    for q in queries:
+        index.search([q], args.topk)
+    in_process_s = time.perf_counter() - started
+
+    port = free_port()
+    server = start_server(DATA / "corpus.jsonl", port)
+    try:
+        asyncio.run(fire(f"http://127.0.0.1:{port}/retrieve", queries[:20], args.topk))  # warm-up
+        latencies, errors, wall = asyncio.run(fire(f"http://127.0.0.1:{port}/retrieve", queries, args.topk))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    ms = [x * 1e3 for x in latencies]
+    print(json.dumps({
+        "bench": "retriever_load", "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "queries": args.queries, "concurrent": args.queries, "topk": args.topk, "errors": errors,
+        "p50_ms": round(percentile(ms, 50), 1), "p90_ms": round(percentile(ms, 90), 1), "p99_ms": round(percentile(ms, 99), 1),
+        "max_ms": round(max(ms), 1), "queries_per_s": round(len(latencies) / wall, 1),
+        "in_process_queries_per_s": round(args.queries / in_process_s, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
