@@ -21,7 +21,7 @@ import aiohttp
 
 from agentrl.engines.flags import to_flags
 from agentrl.engines.health import NotHealthy, start_healthy, wait_healthy
-from agentrl.engines.process import ManagedProcess, free_port
+from agentrl.engines.process import ManagedProcess, ProcessOwner, free_port
 from agentrl.errors import ConfigError, PolicyError
 
 BACKENDS: dict[str, tuple[str, ...]] = {
@@ -91,7 +91,7 @@ def url_of(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-class LaunchedEngine:
+class LaunchedEngine(ProcessOwner):
     """An engine this process launches from ``spec``, and relaunches after a failure.
 
     Args:
@@ -131,16 +131,6 @@ class LaunchedEngine:
         except (NotHealthy, OSError) as e:
             url, self._port = self.url, self.spec.port  # a fresh port next time, in case this one was the problem
             raise EngineLaunchError(f"engine {self.name} ({url}) {e}\n{process.describe()}") from None
-
-    async def stop(self, grace_s: float) -> None:
-        """SIGTERM, up to ``grace_s`` to exit, then SIGKILL."""
-        if self.process is not None:
-            await self.process.stop(grace_s)
-
-    def kill(self) -> None:
-        """SIGKILL its process tree now (synchronous, for cleanup)."""
-        if self.process is not None:
-            self.process.kill()
 
 
 class ExternalEngine:

@@ -100,3 +100,21 @@ class ManagedProcess:
         assert self._proc is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)  # the group outlives its leader while any member lives
+
+
+class ProcessOwner:
+    """``stop`` and ``kill`` for whatever launches a :class:`ManagedProcess` into ``self.process``
+    (``None`` before its first launch: both are then no-ops)."""
+
+    process: ManagedProcess | None = None
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM, up to ``grace_s`` to exit, then SIGKILL."""
+        if self.process is not None:
+            await self.process.stop(grace_s)
+
+    def kill(self) -> None:
+        """SIGKILL its process tree now (synchronous, for cleanup)."""
+        if self.process is not None:
+            self.process.kill()
+

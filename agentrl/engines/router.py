@@ -29,7 +29,7 @@ import aiohttp
 from agentrl.engines.flags import to_flags
 from agentrl.engines.health import NotHealthy, start_healthy
 from agentrl.engines.launch import url_of
-from agentrl.engines.process import ManagedProcess, free_port
+from agentrl.engines.process import ManagedProcess, ProcessOwner, free_port
 from agentrl.errors import ConfigError, PolicyError
 from agentrl.serving.engine_client import EngineControlClient, EngineRequestError
 
@@ -79,7 +79,7 @@ class RouterSpec:
                 *to_flags(args, field="RouterSpec.router_args")]
 
 
-class RouterProcess:
+class RouterProcess(ProcessOwner):
     """sglang-router launched from ``spec``; logs to ``run_dir/router.log``; relaunchable on the same port."""
 
     name = "router"
@@ -108,14 +108,6 @@ class RouterProcess:
             await start_healthy(process, session, self.url, timeout_s, path="/health")
         except (NotHealthy, OSError) as e:
             raise RouterError(f"sglang-router ({self.url}) {e}\n{process.describe()}") from None
-
-    async def stop(self, grace_s: float) -> None:
-        if self.process is not None:
-            await self.process.stop(grace_s)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
 
 
 class RouterClient:
