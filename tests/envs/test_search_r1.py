@@ -145,3 +145,36 @@ async def test_max_turns_truncates(retriever, tokenizer):
                            lambda: MaxTurns(env_for(retriever), 3), RolloutConfig(max_new_tokens=32))
     (trajectory,) = await runner.run([Task("What is the capital of France", ["Paris"], index=0)], progress=False)
     assert trajectory.termination is Termination.MAX_TURNS and trajectory.info["searches"] == 3
+
+
+@pytest.mark.parametrize(("answer", "reward"), [
+    ("Paris", 1.0),
+    ("Paris is the capital of France", pytest.approx(2 * (1 / 5) / (1 / 5 + 1))),  # F1: "paris" of 5 words ("the" dropped)
+    ("Lima", 0.0),
+])
+async def test_f1_answer_metric_gives_partial_credit_to_a_wrong_answer(retriever, answer, reward):
+    (result,) = await play(env_for(retriever, answer_metric="f1", format_score=0.05), f"<answer>{answer}</answer>")
+    assert result.terminated and result.reward == (0.05 if reward == 0.0 else reward)
+    assert result.info["correct"] is (reward == 1.0)
+
+
+async def test_a_custom_invalid_message_replaces_search_r1s_and_bad_settings_are_refused(retriever):
+    env = env_for(retriever, invalid_message="Invalid: use the {search} or {answer} tags.")
+    (result,) = await play(env, "no tags")
+    assert result.observation[0]["content"] == "Invalid: use the search or answer tags."
+    with pytest.raises(ValueError, match="invalid_message: not a template"):
+        env_for(retriever, invalid_message="{query}")
+    with pytest.raises(ValueError, match="answer_metric: expected 'em' or 'f1'"):
+        env_for(retriever, answer_metric="rouge")
+
+
+async def test_max_searches_asks_for_the_answer_after_the_last_search_and_runs_no_more(retriever):
+    env = env_for(retriever, max_searches=2)
+    first, last, refused, answer = await play(env, "<search>peru</search>", "<search>france</search>", "<search>france</search>", "<answer>Paris</answer>")
+    assert "no searches left" not in first.observation[0]["content"]
+    assert last.observation[0]["content"].endswith("</information>\nYou have no searches left. Write the answer now: <answer> your answer </answer>\n")
+    assert refused.observation[0]["content"] == "You have no searches left. Write the answer now: <answer> your answer </answer>\n"
+    assert retriever["calls"] == 2 and refused.info["searches"] == 2 and refused.info["invalid_turns"] == 1
+    assert answer.terminated and answer.reward == 1.0
+    with pytest.raises(ValueError, match="max_searches: expected a positive number"):
+        env_for(retriever, max_searches=0)
