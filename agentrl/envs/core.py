@@ -88,7 +88,9 @@ class StepResult(NamedTuple):
 
     Attributes:
         observation: the new messages to append to the conversation (tool results, user
-            replies); empty when the episode ends without anything more to say.
+            replies); empty when the episode ends without anything more to say. A trailing
+            assistant message is a prefill: the policy's next turn continues it (its tokens are
+            masked) and the next action's text starts with it.
         reward: the reward for this step; the episode's return is the sum over steps.
         terminated: the episode reached a terminal state of the task (answer given, goal
             reached). Do not set it for limits such as max turns: that is ``truncated``.

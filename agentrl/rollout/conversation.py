@@ -11,6 +11,10 @@ The runner never re-encodes text the policy wrote. Each turn it
    blocks), it counts a mismatch and, in ``auto`` mode, starts a new segment whose prompt is the
    canonical rendering, so every segment is exactly what the model saw.
 
+An observation (or the opening messages) may end with an assistant message: a *prefill*. The
+policy's next turn continues it (Hugging Face's ``continue_final_message``), its tokens are
+masked like any observation, and the action the env sees is the prefill plus what was sampled.
+
 Modes: ``auto`` (default; bridge when the prefix property holds, else a new segment),
 ``append`` (always bridge; a mismatch raises), ``segment`` (a new segment every turn).
 """
@@ -49,11 +53,15 @@ class ChatRenderer:
         self.template_kwargs = dict(template_kwargs or {})
 
     def render(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None, add_generation_prompt: bool) -> str:
+        """The conversation as text; with ``add_generation_prompt`` it ends where the policy writes
+        next: after the generation prompt, or inside a trailing assistant message (a prefill)."""
+        prefill = add_generation_prompt and bool(messages) and messages[-1]["role"] == "assistant"
         return self.tokenizer.apply_chat_template(
             messages,
             tools=tools,
             chat_template=self.chat_template,
-            add_generation_prompt=add_generation_prompt,
+            add_generation_prompt=add_generation_prompt and not prefill,
+            continue_final_message=prefill,
             tokenize=False,
             **self.template_kwargs,
         )
@@ -88,6 +96,7 @@ class TokenConversation:
         self.messages: list[Message] = list(messages)
         self.prefix_mismatches = 0
         self.segments: list[Segment] = []
+        self._prefill = _prefill(self.messages)
         self._start_segment()
 
     @property
@@ -104,8 +113,12 @@ class TokenConversation:
         """Append the engine's tokens verbatim; return the action text the env will see."""
         self.segment.append(generation.token_ids, sampled=True, logprobs=generation.logprobs)
         self._text += self.renderer.decode(generation.token_ids)
-        text = self.renderer.decode_action(generation.token_ids)
-        self.messages.append({"role": "assistant", "content": text})
+        text = self._prefill + self.renderer.decode_action(generation.token_ids)
+        if self._prefill:
+            self.messages[-1] = {"role": "assistant", "content": text}
+        else:
+            self.messages.append({"role": "assistant", "content": text})
+        self._prefill = ""
         return text
 
     def bridge_ids(self, observation: list[Message]) -> tuple[list[int], bool]:
@@ -124,6 +137,7 @@ class TokenConversation:
         """Append ``observation`` with the ids :meth:`bridge_ids` computed for it."""
         ids, in_place = bridge
         self.messages.extend(observation)
+        self._prefill = _prefill(observation)
         if in_place:
             self.segment.append(ids, sampled=False)
             self._text += self.renderer.decode(ids)
@@ -142,3 +156,8 @@ class TokenConversation:
         text = self.renderer.render(self.messages, tools=self.tools, add_generation_prompt=True)
         self.segments.append(Segment(prompt_ids=self.renderer.encode(text)))
         self._text = self.renderer.decode(self.segment.prompt_ids)
+
+
+def _prefill(messages: list[Message]) -> str:
+    """The text of a trailing assistant message the policy will continue, or ``""``."""
+    return messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""

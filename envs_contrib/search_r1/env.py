@@ -19,7 +19,9 @@ the answer.
 * ``search_enabled=False`` answers every search with "search is disabled" (the no-search control).
 * ``max_searches`` caps the searches of an episode, as Search-R1's final turn without search does:
   the observation of the last one ends with ``last_search_message`` ("write the answer now"), and a
-  search past it is not run: it gets that message again and counts as an invalid turn.
+  search past it is not run: it gets that message again and counts as an invalid turn. With
+  ``answer_prefill`` the turn after the last search starts with the answer tag, written for the
+  model (a prefill: masked, and part of the action the env parses).
 * The turn limit is the registry's ``MaxTurns`` wrapper (``max_turns``), which truncates.
 
 ``info`` (per episode, averaged by the trainer's metrics): ``searches``, ``answered``,
@@ -65,6 +67,7 @@ class SearchR1Env(Env):
         search_enabled: False answers searches with "search is disabled" (control runs).
         max_searches: searches per episode; None: no cap (the turn limit still applies).
         last_search_message: appended to the last search's observation, a template of the tags.
+        answer_prefill: the turn after the last search starts with ``<answer>`` (needs ``max_searches``).
         tags: names of the ``think``, ``search``, ``information`` and ``answer`` tags.
         observation_role: the chat role observations are sent as.
         instruction: the first user message, a template with ``{question}`` and the tag names
@@ -76,7 +79,7 @@ class SearchR1Env(Env):
     def __init__(
         self, retriever_url: str = "http://127.0.0.1:8000/retrieve", *, topk: int = 3, timeout_s: float = 5.0, retries: int = 2,
         answer_metric: Literal["em", "f1"] = "em", format_score: float = 0.0, format_requires_search: bool = False, retrieval_score: float = 0.0,
-        search_enabled: bool = True, max_searches: int | None = None, last_search_message: str = LAST_SEARCH, tags: dict[str, str] | None = None,
+        search_enabled: bool = True, max_searches: int | None = None, last_search_message: str = LAST_SEARCH, answer_prefill: bool = False, tags: dict[str, str] | None = None,
         observation_role: str = "user", instruction: str = INSTRUCTION, invalid_message: str = INVALID,
     ) -> None:
         self.tags = {"think": "think", "search": "search", "information": "information", "answer": "answer", **(tags or {})}
@@ -90,7 +93,9 @@ class SearchR1Env(Env):
         self.invalid_message = _checked_template("invalid_message", invalid_message, **self.tags).format(**self.tags)
         if max_searches is not None and max_searches < 1:
             raise ValueError(f"max_searches: expected a positive number or None, got {max_searches!r}")
-        self.max_searches = max_searches
+        if answer_prefill and max_searches is None:
+            raise ValueError("answer_prefill: needs max_searches (the prefill follows the last search)")
+        self.max_searches, self.answer_prefill = max_searches, answer_prefill
         self.last_search_message = _checked_template("last_search_message", last_search_message, **self.tags).format(**self.tags)
         self._search = _tag_pattern(self.tags["search"])
         self._answer = _tag_pattern(self.tags["answer"])
@@ -130,6 +135,12 @@ class SearchR1Env(Env):
         body = "\n".join(f"Doc {i}{p}" for i, p in enumerate(passages, 1)) if passages else "No results."
         return self._observe(self._wrap(body), reward=self.retrieval_score if found else 0.0)
 
+    def _observe(self, content: str, reward: float = 0.0) -> StepResult:
+        observation: list[Message] = [{"role": self.observation_role, "content": content}]
+        if self.answer_prefill and self._info["searches"] == self.max_searches:
+            observation.append({"role": "assistant", "content": f"<{self.tags['answer']}>"})
+        return StepResult(observation, reward, False, False, dict(self._info))
+
     def _wrap(self, text: str) -> str:
         tag = self.tags["information"]
         last = self.last_search_message if self._info["searches"] == self.max_searches else ""
@@ -146,8 +157,6 @@ class SearchR1Env(Env):
     def example_tasks(self) -> list[Task]:
         return [Task("What is the capital of France?", ["Paris"], index=0), Task("Which currency does Peru use?", ["sol", "Peruvian sol"], index=1)]
 
-    def _observe(self, content: str, reward: float = 0.0) -> StepResult:
-        return StepResult([{"role": self.observation_role, "content": content}], reward, False, False, dict(self._info))
 
 
 def _checked_template(field: str, template: str, **values: str) -> str:

@@ -178,3 +178,22 @@ async def test_max_searches_asks_for_the_answer_after_the_last_search_and_runs_n
     assert answer.terminated and answer.reward == 1.0
     with pytest.raises(ValueError, match="max_searches: expected a positive number"):
         env_for(retriever, max_searches=0)
+
+
+async def test_answer_prefill_starts_the_last_turn_with_a_masked_answer_tag(retriever, tokenizer):
+    replies = ["<search>capital of France</search>", " Paris</answer>"]
+    renderer = ChatRenderer(tokenizer)
+    runner = RolloutRunner(ScriptedPolicy(tokenizer, replies), renderer,
+                           lambda: env_for(retriever, max_searches=1, answer_prefill=True), RolloutConfig(max_new_tokens=64))
+    (trajectory,) = await runner.run([Task("What is the capital of France", ["Paris"], index=0)], progress=False)
+    assert trajectory.termination is Termination.DONE and trajectory.reward == 1.0
+    assert trajectory.messages[-1] == {"role": "assistant", "content": "<answer> Paris</answer>"}
+    (segment,) = trajectory.segments
+    trained = tokenizer.decode([t for t, m in zip(segment.response_ids, segment.loss_mask) if m])
+    masked = tokenizer.decode([t for t, m in zip(segment.response_ids, segment.loss_mask) if not m])
+    assert "<answer>" not in trained and " Paris</answer>" in trained
+    assert masked.endswith("<|im_start|>assistant\n<answer>")
+    # the one sequence is exactly the template's rendering of the whole conversation
+    assert renderer.render(trajectory.messages, add_generation_prompt=False).startswith(tokenizer.decode(segment.token_ids))
+    with pytest.raises(ValueError, match="answer_prefill: needs max_searches"):
+        env_for(retriever, answer_prefill=True)
