@@ -3,7 +3,7 @@
 Facts live in separate documents, so multi-hop questions need two searches: one document per
 capital city ("X is the capital city of C.") and one per country ("C is a country in S. C uses
 the currency with code K."). Questions use Search-R1's fields (``question``, ``golden_answers``)
-plus ``hops`` and ``metadata.country``:
+plus ``hops``, ``asks`` (``capital``, ``currency`` or ``subregion``) and ``metadata.country``:
 
 * single-hop: "What is the capital of C?", "What is the currency code of C?";
 * two-hop: "What is the currency code of the country whose capital is X?",
@@ -51,12 +51,12 @@ def documents(facts: list[dict[str, str]]) -> list[dict[str, str]]:
 def questions(f: dict[str, str]) -> list[dict[str, Any]]:
     name, capital = f["name"], f["capital"]
     rows = [
-        (f"What is the capital of {name}?", capital, 1),
-        (f"What is the currency code of {name}?", f["currency"], 1),
-        (f"What is the currency code of the country whose capital is {capital}?", f["currency"], 2),
-        (f"In which subregion is the country whose capital is {capital}?", f["subregion"], 2),
+        (f"What is the capital of {name}?", "capital", 1),
+        (f"What is the currency code of {name}?", "currency", 1),
+        (f"What is the currency code of the country whose capital is {capital}?", "currency", 2),
+        (f"In which subregion is the country whose capital is {capital}?", "subregion", 2),
     ]
-    return [{"question": q, "golden_answers": [a], "hops": hops, "metadata": {"country": name}} for q, a, hops in rows]
+    return [{"question": q, "golden_answers": [f[asks]], "hops": hops, "asks": asks, "metadata": {"country": name}} for q, asks, hops in rows]
 
 
 def split(facts: list[dict[str, str]], eval_countries: int, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -59,10 +59,12 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
 
-    hops = [json.loads(line)["hops"] for line in args.eval_data.read_text().splitlines()]
-    by_hops = defaultdict(list)
-    for index, h in enumerate(hops):
-        by_hops[h].append(index)
+    questions = [json.loads(line) for line in args.eval_data.read_text().splitlines()]
+    hops = [q["hops"] for q in questions]
+    by_hops, by_kind = defaultdict(list), defaultdict(list)
+    for index, q in enumerate(questions):
+        by_hops[q["hops"]].append(index)
+        by_kind[(q["hops"], q.get("asks", "?"))].append(index)
     search, control = eval_outcomes(args.run, args.search), eval_outcomes(args.run, args.control)
     steps = sorted(set(search) & set(control))
     if not steps:
@@ -80,9 +82,13 @@ def main() -> None:
         table.append(row)
         print(f"| {step} | {row['em_search']:.3f} | {row['em_search_1hop']:.3f} | {row['em_search_2hop']:.3f} | {row['searches']:.2f} "
               f"| {row['em_control']:.3f} | {row['em_control_1hop']:.3f} | {row['em_control_2hop']:.3f} |")
-    final = paired_difference(search[steps[-1]], control[steps[-1]])
-    print(f"\nstep {steps[-1]}: EM with search - EM search disabled = {final['difference']:.3f} "
-          f"(95% bootstrap CI {final['ci_low']:.3f} to {final['ci_high']:.3f}, {len(search[steps[-1]])} questions)")
+    last = steps[-1]
+    print(f"\n| step {last}: question | n | EM with search | EM search disabled |\n|---|---|---|---|")
+    for (h, asks), ts in sorted(by_kind.items()):
+        print(f"| {h}-hop, asks {asks} | {len(ts)} | {exact_match(search[last], ts):.3f} | {exact_match(control[last], ts):.3f} |")
+    final = paired_difference(search[last], control[last])
+    print(f"\nstep {last}: EM with search - EM search disabled = {final['difference']:.3f} "
+          f"(95% bootstrap CI {final['ci_low']:.3f} to {final['ci_high']:.3f}, {len(search[last])} questions)")
 
     training = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
     training = [r for r in training if "rollout/reward_mean" in r]
