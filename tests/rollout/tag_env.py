@@ -14,9 +14,10 @@ FACTS = {"capital of france": "Paris is the capital of France.", "capital of per
 
 
 class TagSearchEnv(Env):
-    def __init__(self, role: str = "user") -> None:
-        self.role = role
+    def __init__(self, role: str = "user", prefill: str = "") -> None:
+        self.role, self.prefill = role, prefill
         self.label = ""
+        self.actions: list[str] = []
 
     async def reset(self, task: Task, *, seed: int | None = None) -> tuple[list[Message], dict[str, Any]]:
         await super().reset(task, seed=seed)
@@ -25,6 +26,7 @@ class TagSearchEnv(Env):
         return [{"role": "user", "content": prompt}], {}
 
     async def step(self, action: Action) -> StepResult:
+        self.actions.append(action.text)
         answer = _ANSWER.search(action.text)
         if answer:
             correct = answer.group(1).strip().lower() == self.label.lower()
@@ -34,7 +36,10 @@ class TagSearchEnv(Env):
             content = "No <search> or <answer> found. Use <search>query</search> or <answer>x</answer>."
         else:
             content = FACTS.get(query.group(1).strip().lower(), "No results.")
-        return StepResult([{"role": self.role, "content": f"<information>{content}</information>"}], 0.0, False, False, {})
+        observation = [{"role": self.role, "content": f"<information>{content}</information>"}]
+        if self.prefill:  # the next turn continues an assistant message
+            observation.append({"role": "assistant", "content": self.prefill})
+        return StepResult(observation, 0.0, False, False, {})
 
     def example_tasks(self) -> list[Task]:
         return [Task("What is the capital of France?", "Paris", index=0), Task("What is the capital of Peru?", "Lima", index=1)]

@@ -104,3 +104,20 @@ async def test_append_mode_refuses_a_template_that_is_not_append_only(tokenizer)
     runner = _runner(tokenizer, CharByCharPolicy(tokenizer, replies), template=STRIP_THINK_TEMPLATE, mode="append")
     with pytest.raises(PrefixMismatchError, match="not append-only"):
         await runner.run_episode(Task("Capital of France?", "Paris"))
+
+
+async def test_an_observation_ending_with_an_assistant_message_is_a_masked_prefill_the_policy_continues(tokenizer):
+    policy = CharByCharPolicy(tokenizer, ["<search>capital of France</search>", " Paris</answer>"])
+    renderer = ChatRenderer(tokenizer)
+    env = TagSearchEnv(prefill="<answer>")
+    traj = await RolloutRunner(policy, renderer, lambda: env, RolloutConfig(max_turns=4)).run_episode(Task("Capital of France?", "Paris"))
+
+    assert traj.termination == Termination.DONE and traj.reward == 1.0
+    assert env.actions == ["<search>capital of France</search>", "<answer> Paris</answer>"]  # the env sees prefill + sampled
+    assert traj.messages[-1] == {"role": "assistant", "content": "<answer> Paris</answer>"}  # one assistant turn, not two
+    (seg,) = traj.segments
+    assert [t for t, m in zip(seg.response_ids, seg.loss_mask) if m] == policy.sampled[0] + policy.sampled[1]
+    masked = tokenizer.decode([t for t, m in zip(seg.response_ids, seg.loss_mask) if not m])
+    assert masked.endswith("<|im_start|>assistant\n<answer>")
+    full = renderer.render(traj.messages, add_generation_prompt=False)
+    assert full.startswith(tokenizer.decode(seg.token_ids))
