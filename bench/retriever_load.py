@@ -18,39 +18,21 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+import aiohttp
+
+from agentrl.engines.health import NotHealthy, start_healthy
+from agentrl.engines.process import ManagedProcess, free_port
 from envs_contrib.search_r1.retriever import RetrieverClient
 from envs_contrib.search_r1.server import BM25Index, load_corpus
 
 DATA = Path("examples/search_r1/data")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(corpus: Path, port: int, timeout_s: float = 120.0) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "envs_contrib.search_r1.server", "--corpus", str(corpus), "--port", str(port)])
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the retrieval server exited with {server.returncode} before it was healthy")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return server
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit(f"the retrieval server was not healthy within {timeout_s:.0f} s")
 
 
 async def fire(url: str, queries: list[str], topk: int) -> tuple[list[float], int, float]:
@@ -74,6 +56,24 @@ async def fire(url: str, queries: list[str], topk: int) -> tuple[list[float], in
     return latencies, len(results) - len(latencies), wall
 
 
+async def against_server(corpus: Path, queries: list[str], topk: int, log_dir: Path) -> tuple[list[float], int, float]:
+    """Start the server on ``corpus``, wait for ``/health``, warm it up, then :func:`fire`."""
+    port = free_port()
+    server = ManagedProcess("retrieval-server", [sys.executable, "-m", "envs_contrib.search_r1.server", "--corpus", str(corpus), "--port", str(port)],
+                            log_dir / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await start_healthy(server, session, url, timeout_s=120.0, path="/health")
+    except NotHealthy as e:
+        raise SystemExit(f"the retrieval server {e}\n{server.describe()}") from None
+    try:
+        await fire(f"{url}/retrieve", queries[:20], topk)  # warm-up
+        return await fire(f"{url}/retrieve", queries, topk)
+    finally:
+        await server.stop(30.0)
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1] if len(values) > 1 else values[0]
 
@@ -94,14 +94,8 @@ def main() -> None:
         index.search([q], args.topk)
     in_process_s = time.perf_counter() - started
 
-    port = free_port()
-    server = start_server(DATA / "corpus.jsonl", port)
-    try:
-        asyncio.run(fire(f"http://127.0.0.1:{port}/retrieve", queries[:20], args.topk))  # warm-up
-        latencies, errors, wall = asyncio.run(fire(f"http://127.0.0.1:{port}/retrieve", queries, args.topk))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as log_dir:
+        latencies, errors, wall = asyncio.run(against_server(DATA / "corpus.jsonl", queries, args.topk, Path(log_dir)))
     ms = [x * 1e3 for x in latencies]
     print(json.dumps({
         "bench": "retriever_load", "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",

@@ -121,7 +121,7 @@ class SearchR1Env(Env):
         if query is None or not query.strip():
             self._info["invalid_turns"] += 1
             return self._observe(self.invalid_message)
-        if self._info["searches"] == self.max_searches:
+        if self._searches_used_up:
             self._info["invalid_turns"] += 1
             return self._observe(self.last_search_message)
         self._info["searches"] += 1
@@ -135,15 +135,19 @@ class SearchR1Env(Env):
         body = "\n".join(f"Doc {i}{p}" for i, p in enumerate(passages, 1)) if passages else "No results."
         return self._observe(self._wrap(body), reward=self.retrieval_score if found else 0.0)
 
+    @property
+    def _searches_used_up(self) -> bool:
+        return self._info["searches"] == self.max_searches
+
     def _observe(self, content: str, reward: float = 0.0) -> StepResult:
         observation: list[Message] = [{"role": self.observation_role, "content": content}]
-        if self.answer_prefill and self._info["searches"] == self.max_searches:
+        if self.answer_prefill and self._searches_used_up:
             observation.append({"role": "assistant", "content": f"<{self.tags['answer']}>"})
         return StepResult(observation, reward, False, False, dict(self._info))
 
     def _wrap(self, text: str) -> str:
         tag = self.tags["information"]
-        last = self.last_search_message if self._info["searches"] == self.max_searches else ""
+        last = self.last_search_message if self._searches_used_up else ""
         return f"\n<{tag}>{text}</{tag}>\n{last}"
 
     def _wrong_answer_reward(self, answer: str) -> float:
@@ -156,7 +160,6 @@ class SearchR1Env(Env):
 
     def example_tasks(self) -> list[Task]:
         return [Task("What is the capital of France?", ["Paris"], index=0), Task("Which currency does Peru use?", ["sol", "Peruvian sol"], index=1)]
-
 
 
 def _checked_template(field: str, template: str, **values: str) -> str:

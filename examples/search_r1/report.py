@@ -60,7 +60,6 @@ def main() -> None:
     args = parser.parse_args()
 
     questions = [json.loads(line) for line in args.eval_data.read_text().splitlines()]
-    hops = [q["hops"] for q in questions]
     by_hops, by_kind = defaultdict(list), defaultdict(list)
     for index, q in enumerate(questions):
         by_hops[q["hops"]].append(index)
@@ -98,8 +97,8 @@ def main() -> None:
         print(f"| {r['step']} | {r['rollout/reward_mean']:.3f} | {r['rollout/info/searches']:.2f} | {r['rollout/info/correct']:.3f} "
               f"| {r.get('rollout/info/retrieved_answer', float('nan')):.3f} |")
     if args.plot:
-        plot(training, table, args.plot, questions=len(hops))
-    print(json.dumps({"run": str(args.run), "questions": len(hops), "evals": table, "final": final}))
+        plot(training, table, args.plot, questions=len(questions))
+    print(json.dumps({"run": str(args.run), "questions": len(questions), "evals": table, "final": final}))
 
 
 def plot(training: list[dict[str, Any]], table: list[dict[str, Any]], path: Path, *, questions: int) -> None:
