@@ -4,14 +4,21 @@ It resets and steps the env with fixed tasks, seeds and actions and checks what 
 agentrl relies on. Each failure names the likely cause. Run it in your env's tests::
 
     report = await check_env(lambda: MyEnv(), tasks=[...], tokenizer=tok)   # raises on failure
+
+The probes reach the env's game and tool logic: an env that declares ``tools`` first gets a
+well-formed call of each tool (Hermes format, the runner's default parser), then ordinary
+actions. The seeding check plays the same seed twice with the process-wide generators
+(``random``'s and numpy's) set to different states, and fails an env that touches them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +32,11 @@ PROBE_ACTIONS: tuple[Action, ...] = (
     Action("<answer>Paris</answer>"),
 )
 """Ordinary actions the checker plays (override with ``actions=``)."""
+
+TOOL_PROBE_RESULT = "agentrl check_env: probe tool result"
+"""The content of the ``tool`` message the template check renders after a probe tool call."""
+
+_PROBE_VALUES: dict[str, Any] = {"string": "test", "integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
 
 MALFORMED_ACTIONS: tuple[Action, ...] = (
     Action("<tool_call>{not json</tool_call>", parse_hermes("<tool_call>{not json</tool_call>")),
@@ -83,7 +95,7 @@ async def check_env(
     env_factory: Callable[[], Env],
     *,
     tasks: Sequence[Task] | None = None,
-    actions: Sequence[Action] = PROBE_ACTIONS,
+    actions: Sequence[Action] | None = None,
     tokenizer: Any = None,
     chat_template: str | None = None,
     max_steps: int = 16,
@@ -94,7 +106,8 @@ async def check_env(
     Args:
         env_factory: makes a fresh env (e.g. ``lambda: agentrl.envs.make(id)``).
         tasks: tasks to reset with; default: the env's ``example_tasks()``.
-        actions: what the policy "says" on successive steps (the last one repeats).
+        actions: what the policy "says" on successive steps (the last one repeats); default:
+            :func:`tool_probe_actions` for the env's ``tools``, then :data:`PROBE_ACTIONS`.
         tokenizer: a Hugging Face tokenizer; enables the chat-template conformance check.
         chat_template: a Jinja template overriding the tokenizer's.
         max_steps: an episode that has not ended after this many steps fails the check.
@@ -102,6 +115,7 @@ async def check_env(
     """
     probe = env_factory()
     tasks = list(tasks) if tasks else probe.example_tasks()
+    actions = list(actions) if actions is not None else [*tool_probe_actions(probe.tools), *PROBE_ACTIONS]
     await probe.close()
     report = CheckReport(env=repr(probe))
     if not tasks:
@@ -122,6 +136,28 @@ async def _run_check(name: str, check: Callable[[], Awaitable[str]]) -> CheckRes
         return CheckResult(name, False, str(e))
     except Exception as e:
         return CheckResult(name, False, f"raised {type(e).__name__}: {e}")
+
+
+def tool_probe_actions(tools: list[dict[str, Any]] | None) -> list[Action]:
+    """One well-formed Hermes call (``<tool_call>{"name": ..., "arguments": ...}</tool_call>``) of
+    each tool in ``tools`` (chat-template JSON schemas), every parameter set to a plain value of
+    its type (an enum's first value); ``[]`` when there are no tools."""
+    actions = []
+    for tool in tools or []:
+        function = tool.get("function", tool)
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        arguments = {name: _probe_value(schema) for name, schema in properties.items()}
+        text = f"<tool_call>{json.dumps({'name': function.get('name'), 'arguments': arguments})}</tool_call>"
+        actions.append(Action(text, parse_hermes(text)))
+    return actions
+
+
+def _probe_value(schema: dict[str, Any]) -> Any:
+    if schema.get("enum"):
+        return schema["enum"][0]
+    types = schema.get("type", "string")
+    types = [types] if isinstance(types, str) else [t for t in types if t != "null"] or ["string"]
+    return _PROBE_VALUES.get(types[0], "test")
 
 
 class _Failed(Exception):
@@ -156,6 +192,14 @@ class _Checker:
 
     def action(self, step: int) -> Action:
         return self.actions[min(step, len(self.actions) - 1)]
+
+    async def play_fresh(self, task: Task, seed: int | None) -> _Played:
+        """Play one episode on a new env, closed after it."""
+        env = self.factory()
+        try:
+            return await self.play(env, task, seed)
+        finally:
+            await env.close()
 
     async def play(self, env: Env, task: Task, seed: int | None) -> _Played:
         opening, info = await env.reset(task, seed=seed)
@@ -203,7 +247,9 @@ class _Checker:
         finally:
             await env.close()
         _, _, terminated, truncated = played.steps[-1]
-        _expect(terminated or truncated, f"the episode did not end in {self.max_steps} steps: give the env a turn limit (register it with max_turns=...)")
+        _expect(terminated or truncated, f"the episode did not end in {self.max_steps} steps: give the env a turn limit: "
+                "agentrl check-env ID --max-turns N, make(id, max_turns=N), or register it (or point its entry point at an "
+                "EnvSpec) with max_turns=N")
         return f"{len(played.steps)} step(s)"
 
     async def step_after_end(self) -> str:
@@ -230,12 +276,10 @@ class _Checker:
 
     async def seed_determinism(self) -> str:
         outcomes = []
-        for _ in range(2):
-            env = self.factory()
-            try:
-                outcomes.append(await self.play(env, self.tasks[0], seed=123))
-            finally:
-                await env.close()
+        for perturbation in (1, 2):  # the global generators start elsewhere each time
+            with _global_generators_seeded(perturbation) as touched:
+                outcomes.append(await self.play_fresh(self.tasks[0], seed=123))
+            _expect(not touched, "; ".join(touched))
         _expect(outcomes[0] == outcomes[1], "two episodes with the same task, seed and actions differ: draw randomness from self.rng, seeded by reset(seed=...)")
         return ""
 
@@ -299,11 +343,7 @@ class _Checker:
 
     async def isolation(self) -> str:
         first, second = self.tasks[0], self.tasks[1 % len(self.tasks)]
-        env = self.factory()
-        try:
-            alone = await self.play(env, first, seed=7)
-        finally:
-            await env.close()
+        alone = await self.play_fresh(first, seed=7)
         env_a, env_b = self.factory(), self.factory()
         try:
             together = await asyncio.gather(self.play(env_a, first, seed=7), self.play(env_b, second, seed=8))
@@ -314,32 +354,95 @@ class _Checker:
         return ""
 
     async def template_conformance(self, tokenizer: Any, chat_template: str | None) -> str:
-        from agentrl.policies.base import Generation
-        from agentrl.rollout.conversation import ChatRenderer, TokenConversation
+        from agentrl.rollout.conversation import ChatRenderer
 
         renderer = ChatRenderer(tokenizer, chat_template=chat_template)
         env = self.factory()
         try:
             opening, _ = await env.reset(self.tasks[0], seed=0)
-            conversation = TokenConversation(renderer, opening, tools=env.tools)
-            for step in range(self.max_steps):
-                action = self.action(step)
-                ids = renderer.encode(action.text) + [tokenizer.eos_token_id]
-                conversation.add_generation(Generation(ids, [0.0] * len(ids), "stop"))
-                obs, _, terminated, truncated, _ = await env.step(action)
-                if terminated or truncated:
-                    break
-                conversation.add_observation(obs, conversation.bridge_ids(obs))
-                if conversation.prefix_mismatches:
-                    return "the template is not append-only here: the runner starts a new segment (bridge mode 'auto')"
-                full = renderer.encode(renderer.render(conversation.messages, tools=env.tools, add_generation_prompt=True))
-                stitched = conversation.context_ids
-                if stitched != full:
-                    at = next((i for i, (a, b) in enumerate(zip(stitched, full)) if a != b), min(len(stitched), len(full)))
-                    raise _Failed(f"turn {step}: stitched ids differ from a full render at token {at}: {renderer.decode(stitched[at:at + 8])!r} vs {renderer.decode(full[at:at + 8])!r}")
+            if env.tools:
+                _check_tool_turn(renderer, opening, env.tools)
+            return await self.stitch(env, renderer, opening)
         finally:
             await env.close()
+
+    async def stitch(self, env: Env, renderer: Any, opening: list[Message]) -> str:
+        """Play ``env`` (just reset to ``opening``) as the runner does; each turn, the stitched ids
+        must equal a full render, and that render must hold every observation."""
+        from agentrl.policies.base import Generation
+        from agentrl.rollout.conversation import TokenConversation
+
+        conversation = TokenConversation(renderer, opening, tools=env.tools)
+        for step in range(self.max_steps):
+            action = self.action(step)
+            ids = renderer.encode(action.text) + [renderer.tokenizer.eos_token_id]
+            conversation.add_generation(Generation(ids, [0.0] * len(ids), "stop"))
+            obs, _, terminated, truncated, _ = await env.step(action)
+            if terminated or truncated:
+                break
+            conversation.add_observation(obs, conversation.bridge_ids(obs))
+            if conversation.prefix_mismatches:
+                return "the template is not append-only here: the runner starts a new segment (bridge mode 'auto')"
+            text = renderer.render(conversation.messages, tools=env.tools, add_generation_prompt=True)
+            _check_rendered(obs, text, f"turn {step}")
+            _check_stitched(renderer, conversation.context_ids, renderer.encode(text), step)
         return "stitched token ids equal a full render"
+
+
+@contextlib.contextmanager
+def _global_generators_seeded(seed: int) -> Iterator[list[str]]:
+    """Seed the process-wide generators (``random``'s, numpy's) with ``seed`` for the block and
+    restore their states after it; the yielded list gets a failure message for each one the block
+    drew from or reseeded."""
+    import numpy as np
+
+    saved = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    start = random.getstate(), _numpy_key(np)
+    touched: list[str] = []
+    try:
+        yield touched
+    finally:
+        if random.getstate() != start[0]:
+            touched.append("the env draws from the global random module; use self.rng seeded by reset(seed=...) "
+                           "(the module's state changed: a draw, or random.seed, which reseeds the whole process)")
+        if _numpy_key(np) != start[1]:
+            touched.append("the env draws from numpy's global random generator; use self.rng seeded by reset(seed=...) "
+                           "(for numpy: numpy.random.default_rng(self.rng.getrandbits(64)))")
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+
+def _numpy_key(np: Any) -> tuple[bytes, int, int, float]:
+    state = np.random.get_state(legacy=False)
+    return state["state"]["key"].tobytes(), state["state"]["pos"], state["has_gauss"], state["gauss"]
+
+
+def _check_tool_turn(renderer: Any, opening: list[Message], tools: list[dict[str, Any]]) -> None:
+    """Render a probe call of the env's first tool and a ``tool`` answer after ``opening``: the
+    chat template must render both."""
+    call = {"role": "assistant", "content": tool_probe_actions(tools)[0].text}
+    answer = {"role": "tool", "content": TOOL_PROBE_RESULT}
+    try:
+        text = renderer.render([*opening, call, answer], tools=tools, add_generation_prompt=True)
+    except Exception as e:
+        raise _Failed(f"the chat template cannot render a tool call and its 'tool' answer: {type(e).__name__}: {e}; "
+                      "use a template that renders tool messages (chat_template=...)") from None
+    _check_rendered([call, answer], text, "a tool call and its answer")
+
+
+def _check_rendered(messages: list[Message], text: str, where: str) -> None:
+    for m in messages:
+        _expect(m["content"].strip() in text, f"{where}: the chat template dropped a {m['role']!r} message (its content is not in "
+                f"the rendering), so the model would never see it; use a template that renders {m['role']!r} messages")
+
+
+def _check_stitched(renderer: Any, stitched: list[int], full: list[int], step: int) -> None:
+    if stitched != full:
+        at = next((i for i, (a, b) in enumerate(zip(stitched, full)) if a != b), min(len(stitched), len(full)))
+        raise _Failed(f"turn {step}: stitched ids differ from a full render at token {at}: "
+                      f"{renderer.decode(stitched[at:at + 8])!r} vs {renderer.decode(full[at:at + 8])!r}")
 
 
 def _check_messages(messages: Any, where: str) -> None:
