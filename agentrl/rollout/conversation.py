@@ -17,10 +17,14 @@ masked like any observation, and the action the env sees is the prefill plus wha
 
 Modes: ``auto`` (default; bridge when the prefix property holds, else a new segment),
 ``append`` (always bridge; a mismatch raises), ``segment`` (a new segment every turn).
+
+Some chat templates (SmolLM2's) never read ``tools``: :class:`ChatRenderer` checks the first
+render with tools and logs a warning once per renderer when the schemas are not in the prompt.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from agentrl.envs.core import Message
@@ -29,6 +33,8 @@ from agentrl.policies.base import Generation
 from agentrl.rollout.trajectory import Segment
 
 BridgeMode = Literal["auto", "append", "segment"]
+
+log = logging.getLogger(__name__)
 
 
 class PrefixMismatchError(AgentRLError):
@@ -39,7 +45,9 @@ class ChatRenderer:
     """Renders conversations with one tokenizer's chat template and fixed template kwargs.
 
     The same kwargs (``enable_thinking`` and the like) are used for every render of a run, so the
-    prompt and every bridge agree.
+    prompt and every bridge agree. The first render with ``tools`` is checked once: if the text
+    equals the render without them, or a tool's name is missing from it, the template ignores
+    tools and a warning says so (at most once per renderer).
 
     Args:
         tokenizer: a Hugging Face tokenizer with a chat template (or pass ``chat_template``).
@@ -51,10 +59,18 @@ class ChatRenderer:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.template_kwargs = dict(template_kwargs or {})
+        self._tools_checked = False
 
     def render(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None, add_generation_prompt: bool) -> str:
         """The conversation as text; with ``add_generation_prompt`` it ends where the policy writes
         next: after the generation prompt, or inside a trailing assistant message (a prefill)."""
+        text = self._apply(messages, tools, add_generation_prompt)
+        if tools and not self._tools_checked:
+            self._tools_checked = True
+            self._warn_if_tools_ignored(text, self._apply(messages, None, add_generation_prompt), tools)
+        return text
+
+    def _apply(self, messages: list[Message], tools: list[dict[str, Any]] | None, add_generation_prompt: bool) -> str:
         prefill = add_generation_prompt and bool(messages) and messages[-1]["role"] == "assistant"
         return self.tokenizer.apply_chat_template(
             messages,
@@ -65,6 +81,24 @@ class ChatRenderer:
             tokenize=False,
             **self.template_kwargs,
         )
+
+    def _warn_if_tools_ignored(self, with_tools: str, without_tools: str, tools: list[dict[str, Any]]) -> None:
+        names = [str(t.get("function", t).get("name")) for t in tools]
+        missing = [n for n in names if n not in with_tools]
+        if with_tools == without_tools:
+            why = f"rendering with the schemas of {', '.join(names)} gives the same text as without them"
+        elif missing:
+            why = f"{', '.join(missing)} not in the text it renders"
+        else:
+            return
+        log.warning("%s ignores `tools` (%s), so the model sees the schemas only if the env's messages carry them; put the "
+                    "schemas in the system prompt, or use a chat template that renders tools (ChatRenderer(chat_template=...))",
+                    self._template_name(), why)
+
+    def _template_name(self) -> str:
+        if self.chat_template:
+            return "the chat_template passed to ChatRenderer"
+        return f"the chat template of {getattr(self.tokenizer, 'name_or_path', '') or type(self.tokenizer).__name__}"
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` with no special tokens added (the template wrote them)."""

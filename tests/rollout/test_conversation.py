@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from agentrl.envs import Task
 from agentrl.policies import Generation, Policy, SamplingParams
 from agentrl.rollout import ChatRenderer, PrefixMismatchError, RolloutConfig, RolloutRunner, Termination
+from agentrl.rollout.conversation import TokenConversation
 from tests.rollout.tag_env import TagSearchEnv
 
 REPLIES = ["I need to look this up. <search>capital of France</search>", "<answer>Paris</answer>"]
@@ -121,3 +123,51 @@ async def test_an_observation_ending_with_an_assistant_message_is_a_masked_prefi
     assert masked.endswith("<|im_start|>assistant\n<answer>")
     full = renderer.render(traj.messages, add_generation_prompt=False)
     assert full.startswith(tokenizer.decode(seg.token_ids))
+
+
+LOOKUP = {"type": "function", "function": {"name": "lookup", "description": "Look a fact up.",
+                                           "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}
+OPENING = [{"role": "user", "content": "What is the capital of France? Use the tools."}]
+
+# A ChatML template that renders the tool schemas in a system turn, as tool-aware templates do.
+TOOLS_TEMPLATE = """
+{%- if tools %}{{- '<|im_start|>system\\nYou may call these tools:\\n' }}{%- for t in tools %}{{- t | tojson + '\\n' }}{%- endfor %}{{- '<|im_end|>\\n' }}{%- endif %}
+{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
+"""
+
+
+def tool_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "agentrl.rollout.conversation" and r.levelno == logging.WARNING]
+
+
+# Renders that tools exist, not what they are.
+COUNTS_TOOLS_TEMPLATE = """
+{%- if tools %}{{- '<|im_start|>system\\nYou have ' + tools | length | string + ' tools.<|im_end|>\\n' }}{%- endif %}
+""" + TOOLS_TEMPLATE.split("{%- endif %}", 1)[1]
+
+
+@pytest.mark.parametrize(("template", "source", "why"), [
+    (None, "the chat template of {name_or_path}", "rendering with the schemas of lookup gives the same text as without them"),
+    (COUNTS_TOOLS_TEMPLATE, "the chat_template passed to ChatRenderer", "lookup not in the text it renders"),
+], ids=["smollm2", "counts-tools"])
+def test_a_template_that_ignores_tools_is_warned_about_once_per_renderer(tokenizer, caplog, template, source, why):
+    renderer = ChatRenderer(tokenizer, chat_template=template)
+    for _ in range(2):
+        TokenConversation(renderer, OPENING, tools=[LOOKUP])
+    renderer.render(OPENING, tools=[LOOKUP], add_generation_prompt=False)
+    (warning,) = tool_warnings(caplog)
+    assert warning == (
+        f"{source.format(name_or_path=tokenizer.name_or_path)} ignores `tools` ({why}), so the model sees the schemas only if "
+        "the env's messages carry them; put the schemas in the system prompt, or use a chat template that renders tools "
+        "(ChatRenderer(chat_template=...))")
+    ChatRenderer(tokenizer, chat_template=template).render(OPENING, tools=[LOOKUP], add_generation_prompt=True)  # a new renderer checks again
+    assert len(tool_warnings(caplog)) == 2
+
+
+def test_a_template_that_renders_tools_and_a_render_without_tools_do_not_warn(tokenizer, caplog):
+    renderer = ChatRenderer(tokenizer, chat_template=TOOLS_TEMPLATE)
+    conversation = TokenConversation(renderer, OPENING, tools=[LOOKUP])
+    assert '"name": "lookup"' in tokenizer.decode(conversation.context_ids)
+    TokenConversation(ChatRenderer(tokenizer), OPENING)
+    assert tool_warnings(caplog) == []
