@@ -2,7 +2,7 @@
 
 ``--input-key``, ``--label-key`` and ``--metadata-key`` (slime's names) say which field of a row
 becomes the task's prompt, label and metadata. A malformed row is reported with its file and
-line (or row) number and nothing is silently skipped.
+line (or row) number and nothing is silently skipped; so is a byte that is not UTF-8.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.envs.core import Task
-from agentrl.errors import DataError
+from agentrl.errors import AgentRLError, DataError
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,35 @@ def load_tasks(path: str | Path, keys: TaskKeys = TaskKeys()) -> list[Task]:
     return tasks
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
+def utf8_lines(path: str | Path, error: type[AgentRLError] = DataError) -> Iterator[tuple[int, str]]:
+    """The lines of a UTF-8 text file (a byte order mark allowed) with their 1-based numbers.
+
+    Raises:
+        error: a byte that is not UTF-8; the message names the file, line, column and byte offset.
+    """
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             try:
-                row = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            yield where, row
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise error(
+                    f"{path}:{lineno}: not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1} (byte offset {offset + e.start} "
+                    "of the file); save the file as UTF-8") from None
+            yield lineno, line
+            offset += len(raw)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for lineno, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        yield where, row
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -71,3 +71,18 @@ def test_parquet_errors_name_the_row(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"nope\.jsonl: no such data file"):
         load_tasks(tmp_path / "nope.jsonl")
+
+
+def test_a_file_that_is_not_utf8_is_named_with_line_and_byte_offset(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'{"input": "a", "label": "1"}\n{"input": "caf\xe9", "label": "2"}\n')
+    with pytest.raises(DataError) as excinfo:
+        load_tasks(path)
+    message = str(excinfo.value)
+    assert message.startswith(f"{path}:2: not UTF-8: byte 0xe9 at column 15 (byte offset 43 of the file)") and "\n" not in message
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"input": "caf\xc3\xa9", "label": "1"}\n')
+    assert load_tasks(path)[0].prompt == "café"

@@ -24,6 +24,7 @@ from typing import Any
 import bm25s
 from aiohttp import web
 
+from agentrl.data import utf8_lines
 from agentrl.errors import DataError
 
 MAX_QUERIES = 512
@@ -31,19 +32,19 @@ MAX_TOPK = 100
 
 
 def load_corpus(path: str | Path) -> list[dict[str, Any]]:
-    """Search-R1 documents from a JSONL file; a bad line raises :class:`DataError` naming it."""
+    """Search-R1 documents from a UTF-8 JSONL file; a bad line (or a byte that is not UTF-8) raises
+    :class:`DataError` naming it."""
     docs = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if "contents" not in row:
-                    row = {"id": row.get("id", str(number)), "contents": f'"{row["title"]}"\n{row["text"]}'}
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path}:{number}: not a Search-R1 document ({{'contents'}} or {{'title', 'text'}}): {e}") from e
-            docs.append({"id": str(row.get("id", number)), "contents": str(row["contents"])})
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if "contents" not in row:
+                row = {"id": row.get("id", str(number)), "contents": f'"{row["title"]}"\n{row["text"]}'}
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"{path}:{number}: not a Search-R1 document ({{'contents'}} or {{'title', 'text'}}): {e}") from e
+        docs.append({"id": str(row.get("id", number)), "contents": str(row["contents"])})
     if not docs:
         raise DataError(f"{path}: no documents")
     return docs

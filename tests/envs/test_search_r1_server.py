@@ -65,6 +65,13 @@ def test_a_bad_corpus_line_is_named(tmp_path):
         load_corpus(path)
 
 
+def test_a_corpus_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(DOCS[0]).encode() + b'\n{"id": "2", "contents": "Bogot\xe1"}\n')
+    with pytest.raises(DataError, match=r"latin1\.jsonl:2: not UTF-8: byte 0xe1"):
+        load_corpus(path)
+
+
 async def test_the_env_searches_the_server(client):
     env = make("contrib/SearchR1-v0", retriever_url=str(client.make_url("/retrieve")), topk=1)
     await env.reset(Task("What currency does Peru use", ["sol"], index=0))
