@@ -1,5 +1,5 @@
 """Reward functions shared by envs and by ``--rm-type`` / ``--custom-rm-path``."""
 
-from agentrl.rewards.math import MathScore, score_math_answer
+from agentrl.rewards.math import MathScore, MathScorer, score_math_answer, shared_math_scorer
 
-__all__ = ["MathScore", "score_math_answer"]
+__all__ = ["MathScore", "MathScorer", "score_math_answer", "shared_math_scorer"]

@@ -1,34 +1,53 @@
 """Reward functions by name (``--rm-type``) or by path (``--custom-rm-path``), and the wrapper
 that lets them score an env's episodes in place of the env's own reward.
 
-``--rm-type``: ``math`` (Math-Verify on the last ``\\boxed{}``), ``exact_match``, ``f1``,
+``--rm-type``: ``math`` (Math-Verify on the last ``\\boxed{}``, in worker processes off the event loop
+with a hard timeout: see :class:`~agentrl.rewards.math.MathScorer`), ``exact_match``, ``f1``,
 ``remote`` (``--rm-url``); a ``boxed_`` prefix (``boxed_exact_match``) scores only the content of
 the last ``\\boxed{}``. ``--custom-rm-path pkg.module:fn`` takes slime's signature
-``async def fn(args, sample, **kwargs) -> float`` with a slime-shaped ``Sample``.
+``async def fn(args, sample, **kwargs) -> float`` with a slime-shaped ``Sample``; a return value
+that is not a finite number raises :class:`~agentrl.errors.EnvError` (the episode ends as
+``env_error``).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import math
+import numbers
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agentrl.compat.slime import Sample
 from agentrl.envs.core import Action, Env, Message, StepResult, Task
 from agentrl.envs.wrappers import Wrapper
-from agentrl.errors import ConfigError
+from agentrl.errors import ConfigError, EnvError
 from agentrl.plugins import load_function
-from agentrl.rewards.math import score_math_answer
+from agentrl.rewards.math import shared_math_scorer
 from agentrl.rewards.remote import RemoteRewardModel
 from agentrl.rewards.text import exact_match, f1_score
 from agentrl.rewards.types import RewardFn, RewardInput
 
 
-TEXT_REWARDS: dict[str, Callable[[str, Any], float]] = {
-    "math": lambda response, label: score_math_answer(response, label).reward,
-    "exact_match": exact_match,
-    "f1": f1_score,
-}
+TextReward = Callable[[str, Any], Awaitable[float]]
+"""Scores a response against a label."""
+
+
+async def _math(response: str, label: Any) -> float:
+    """Math-Verify in the shared worker processes; a timeout scores 0 with a warning."""
+    return (await shared_math_scorer().score(response, label)).reward
+
+
+def _cheap(score: Callable[[str, Any], float]) -> TextReward:
+    """A reward fast enough to compute on the event loop."""
+
+    async def reward(response: str, label: Any) -> float:
+        return score(response, label)
+
+    return reward
+
+
+TEXT_REWARDS: dict[str, TextReward] = {"math": _math, "exact_match": _cheap(exact_match), "f1": _cheap(f1_score)}
 
 
 def last_boxed(text: str) -> str | None:
@@ -61,7 +80,7 @@ def make_reward_fn(rm_type: str | None = None, *, rm_url: str | None = None, cus
 
     async def text_reward(x: RewardInput) -> float:
         response = last_boxed(x.response) if boxed else x.response
-        return 0.0 if response is None else float(score(response, x.label))
+        return 0.0 if response is None else float(await score(response, x.label))
 
     return text_reward
 
@@ -73,7 +92,10 @@ def _custom(path: str, args: Any) -> RewardFn:
 
     async def custom(x: RewardInput) -> float:
         sample = Sample(prompt=x.prompt, response=x.response, label=x.label, metadata=x.metadata)
-        return float(await fn(args, sample))
+        value = await fn(args, sample)
+        if not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise EnvError(f"--custom-rm-path {path} returned {value!r:.200}; expected a finite number (int or float), as slime's reward functions return")
+        return float(value)
 
     return custom
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import sys
+import time
 
 import pytest
 from aiohttp import web
 
 from agentrl.envs import Action, Task
 from agentrl.envs.math_env import MathEnv
-from agentrl.errors import ConfigError
+from agentrl.errors import ConfigError, EnvError
 from agentrl.rewards.hub import RewardInput, RewardOverride, last_boxed, make_reward_fn
 from agentrl.rewards.remote import RewardModelError
 from agentrl.rewards.text import contains_answer, exact_match, f1_score, normalize_answer
@@ -98,3 +101,37 @@ async def test_remote_reward_model_over_http_with_retries():
         with pytest.raises(RewardModelError, match="expected a number"):
             await fn(RewardInput("q", "x", "bad", {}))
         await fn.aclose()
+
+
+async def test_rm_type_math_scores_off_the_event_loop():
+    fn = make_reward_fn("math")
+    ticks = 0
+
+    async def tick():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    started = time.perf_counter()
+    reward = await fn(RewardInput("q", "\\boxed{9^{9^{9}}}", "1", {}))
+    ticker.cancel()
+    assert reward == 0.0
+    assert ticks >= 0.5 * (time.perf_counter() - started) / 0.01, f"the event loop was blocked: {ticks} ticks"
+
+
+@pytest.mark.parametrize(("name", "shown"), [("nan_rm", "nan"), ("inf_rm", "inf"), ("text_rm", "'high'"), ("none_rm", "None"), ("dict_rm", "{'reward': 1.0}")])
+async def test_a_custom_rm_must_return_a_finite_number(tmp_path, monkeypatch, name, shown):
+    (tmp_path / "odd_rms.py").write_text(
+        "async def nan_rm(args, sample, **kwargs):\n    return float('nan')\n"
+        "async def inf_rm(args, sample, **kwargs):\n    return float('inf')\n"
+        "async def text_rm(args, sample, **kwargs):\n    return 'high'\n"
+        "async def none_rm(args, sample, **kwargs):\n    return None\n"
+        "async def dict_rm(args, sample, **kwargs):\n    return {'reward': 1.0}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "odd_rms", raising=False)
+    fn = make_reward_fn(custom_rm_path=f"odd_rms:{name}")
+    with pytest.raises(EnvError, match=rf"--custom-rm-path odd_rms:{name} returned {re.escape(shown)}; expected a finite number"):
+        await fn(RewardInput("q", "4", "4", {}))
