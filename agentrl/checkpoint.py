@@ -179,7 +179,7 @@ def _candidates(root: Path) -> tuple[list[Path], list[str]]:
     latest = root / LATEST
     if not latest.is_file():
         return steps, [f"no '{LATEST}' file"] if steps else []
-    name = latest.read_text().strip()
+    name = latest.read_text(errors="replace").strip()
     if not _STEP.fullmatch(name):
         return steps, [f"'{LATEST}' names {name!r}, not a step_NNNNN directory of this one"]
     return [root / name] + [p for p in steps if _step_of(p) < _step_of(root / name)], []
