@@ -229,10 +229,13 @@ class EngineFleet:
             grace = self.config.stop_grace_s
             await asyncio.gather(*(p.stop(grace) for p in self._processes()))
         finally:
-            for p in self._processes():
-                p.kill()  # synchronous: done even if the graceful stop was cancelled
-            if self._session is not None:
-                await self._session.close()
+            try:
+                for p in self._processes():
+                    p.kill_now()  # every SIGKILL before any wait: done even if the wait is cancelled
+                await asyncio.gather(*(p.kill() for p in self._processes()))
+            finally:
+                if self._session is not None:
+                    await self._session.close()
         if self._failure is not None:
             raise FleetError(f"the engine fleet failed: {self._failure}") from self._failure
 
@@ -320,7 +323,7 @@ class EngineFleet:
 
     async def _relaunch(self, engine: LaunchedEngine) -> bool:
         """Kill and relaunch ``engine`` until it is healthy or has had ``max_restarts`` relaunches."""
-        engine.kill()
+        await engine.kill()
         while engine.launches <= self.config.max_restarts:
             try:
                 await self._launch(engine)

@@ -68,5 +68,5 @@ async def start_healthy(process: ManagedProcess, session: aiohttp.ClientSession,
         process.start()
         await wait_healthy(session, url, timeout_s, process=process, path=path)
     except BaseException:
-        process.kill()
+        await process.kill()  # SIGKILL goes out before its first await: also when cancelled again
         raise

@@ -155,9 +155,14 @@ class ExternalEngine:
         except NotHealthy as e:
             raise EngineLaunchError(f"external engine {self.name} at {self.url} {e}") from None
 
-    async def stop(self, grace_s: float) -> None:
+    async def stop(self, grace_s: float) -> bool:
         """Nothing: this side did not start it."""
+        return True
 
-    def kill(self) -> None:
+    async def kill(self) -> bool:
+        """Nothing: this side did not start it."""
+        return True
+
+    def kill_now(self) -> None:
         """Nothing: this side did not start it."""
 

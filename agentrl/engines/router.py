@@ -49,7 +49,7 @@ class RouterSpec:
             ``{"policy": "cache_aware", "cache_threshold": 0.5}``; see
             :func:`~agentrl.engines.flags.to_flags`. ``host`` and ``port`` are this spec's
             fields; workers are registered at run time, not through ``worker_urls``.
-        host: the interface it binds; its URL uses 127.0.0.1 for a wildcard.
+        host: the interface it and its Prometheus exporter bind; its URL uses 127.0.0.1 for a wildcard.
         port: its port; ``None`` takes a free one.
         python: the interpreter that runs ``sglang_router.launch_router``.
     """
@@ -69,12 +69,16 @@ class RouterSpec:
         to_flags(self.router_args, field="RouterSpec.router_args")
 
     def command(self, port: int) -> list[str]:
-        """The argv that launches the router on ``port``. Its Prometheus exporter gets a free
-        port unless ``router_args`` names one: the router's default (29000) is taken by any
-        other router on the host, and the router then exits at start."""
+        """The argv that launches the router on ``port``. Unless ``router_args`` names them, its
+        Prometheus exporter binds the router's host (the router's default is every interface)
+        and gets a free port (the default, 29000, is taken by any other router on the host, and
+        the router then exits at start)."""
         args = dict(self.router_args)
-        if not any(str(k).replace("-", "_") == "prometheus_port" for k in args):
+        named = {str(k).replace("-", "_") for k in args}
+        if "prometheus_port" not in named:
             args["prometheus_port"] = free_port(self.host)
+        if "prometheus_host" not in named:
+            args["prometheus_host"] = self.host
         return [self.python, "-m", "sglang_router.launch_router", "--host", self.host, "--port", str(port),
                 *to_flags(args, field="RouterSpec.router_args")]
 

@@ -35,8 +35,9 @@ from agentrl.engines import (
     RouterSpec,
 )
 from agentrl.engines.launch import LaunchedEngine
-from agentrl.engines.process import free_port
+from agentrl.engines.process import free_port, kill_started_processes
 from agentrl.engines.router import RouterProcess
+from tests.engines.test_process import loop_watched
 
 pytest.importorskip("sglang_router", reason="sglang-router is a test dependency (pip install -e '.[test]')")
 
@@ -45,6 +46,20 @@ ROUND_ROBIN = RouterSpec({"policy": "round_robin", "log_level": "warn"})
 NEVER_HEALTHY = ("sh", "-c", 'echo "pid $$"; exec sleep 600')  # a launcher that runs this instead of the engine
 ENGINE_PID = re.compile(r"^pid (\d+)$", re.MULTILINE)  # what NEVER_HEALTHY prints
 ROUTER_PID = re.compile(r"router ready at \S+ \(pid (\d+)\)")  # what the fleet logs
+# An engine that answers every health check and ignores SIGTERM, as one stuck in a GPU call does;
+# run as EngineSpec.launcher, so the engine's own argv (with --port) follows it.
+STUCK_ENGINE = """
+import http.server, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+class Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[sys.argv.index("--port") + 1])), Healthy).serve_forever()
+"""
+STUCK = EngineSpec("unused", launcher=(sys.executable, "-c", STUCK_ENGINE))
 
 
 def worker(tiny_dir: Path, **changes) -> EngineSpec:
@@ -152,7 +167,7 @@ async def test_a_killed_external_worker_is_dropped_and_losing_the_last_worker_fa
                     os.kill(launched.process.pid, signal.SIGKILL)
                     await asyncio.sleep(60)  # the fleet's failure cancels this task
         finally:
-            outside.kill()
+            await outside.kill()
     assert str(error.value).startswith("the engine fleet failed: every engine was dropped; the last, engine-1")
     assert [e.kind for e in events] == ["dropped", "dropped"] and asyncio.current_task().cancelling() == 0
     assert all(map(gone, pids))
@@ -191,6 +206,30 @@ async def test_router_registry_refuses_an_unreachable_worker_in_bounded_time(tmp
     finally:
         await router.stop(5)
     assert gone(router.process.pid)
+
+
+async def test_closing_the_fleet_sigkills_an_engine_that_ignores_sigterm_after_its_grace_without_stalling_the_loop(tmp_path, caplog):
+    fleet = EngineFleet([STUCK], tmp_path, config=replace(FAST, stop_grace_s=1))
+    await fleet.start()
+    (engine,) = fleet.engines
+    async with loop_watched() as watch:
+        started = time.monotonic()
+        await fleet.aclose()
+        elapsed = time.monotonic() - started
+    assert gone(engine.process.pid) and engine.process.returncode == -signal.SIGKILL
+    assert 1 <= elapsed < 4 and watch.worst < 0.25, (elapsed, watch.worst)
+    assert f"engine-0 (pid {engine.process.pid}) did not exit within 1s of SIGTERM; sending SIGKILL to its process group" in caplog.text
+
+
+async def test_the_router_and_engines_the_fleet_launches_are_killed_by_kill_started_processes(tmp_path):
+    router, engine = RouterProcess(ROUND_ROBIN, tmp_path), LaunchedEngine(STUCK, "engine-0", tmp_path)
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(router.start(http, 60), engine.start(http, 60))
+    pids = [router.process.pid, engine.process.pid]
+    assert not any(map(gone, pids))
+    assert kill_started_processes(timeout_s=10) == []
+    assert all(map(gone, pids))
+    assert await router.stop(1) and await engine.stop(1)  # reaped already: nothing to do
 
 
 INTERRUPTED = """
