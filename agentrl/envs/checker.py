@@ -241,11 +241,7 @@ class _Checker:
         return ""
 
     async def episode_ends(self) -> str:
-        env = self.factory()
-        try:
-            played = await self.play(env, self.tasks[0], seed=0)
-        finally:
-            await env.close()
+        played = await self.play_fresh(self.tasks[0], seed=0)
         _, _, terminated, truncated = played.steps[-1]
         _expect(terminated or truncated, f"the episode did not end in {self.max_steps} steps: give the env a turn limit: "
                 "agentrl check-env ID --max-turns N, make(id, max_turns=N), or register it (or point its entry point at an "

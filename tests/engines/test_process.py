@@ -12,9 +12,8 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from agentrl.engines.process import ManagedProcess, kill_started_processes
 
@@ -42,10 +41,11 @@ async def eventually(condition: Callable[[], bool], timeout_s: float, what: str)
         await asyncio.sleep(0.05)
 
 
+@dataclass
 class LoopWatch:
     """The longest gap between two ticks of a coroutine that wakes every 10 ms."""
 
-    worst = 0.0
+    worst: float = 0.0
 
 
 @asynccontextmanager
