@@ -19,6 +19,11 @@ entry point, e.g. in ``pyproject.toml``::
 
     [project.entry-points."agentrl.envs"]
     "thirdparty/Echo-v0" = "thirdparty_envs:EchoEnv"
+    "thirdparty/Search-v0" = "thirdparty_envs:SEARCH_SPEC"
+
+An entry point may name an :class:`EnvSpec` instead of a class, to give the env ``max_turns``
+and default ``kwargs`` (``SEARCH_SPEC = EnvSpec("thirdparty/Search-v0", "thirdparty_envs:SearchEnv",
+{"topk": 3}, max_turns=4)``); :meth:`EnvSpec.resolve` reads it when the env is made.
 
 The default :data:`registry` discovers them once, on its first lookup; nothing is imported
 until the env is made, and a broken entry point fails only when that env is made, with an error
@@ -93,7 +98,8 @@ class EnvSpec:
     Attributes:
         id: the env id, ``[namespace/]Name[-vN]``.
         entry_point: ``"pkg.module:Attr"`` (imported only when the env is made) or a callable
-            that returns an :class:`Env`.
+            that returns an :class:`Env`. The attribute may also be an :class:`EnvSpec` of the
+            same id (how an entry point gives ``max_turns`` and ``kwargs``; see :meth:`resolve`).
         kwargs: keyword arguments for the entry point; ``make``'s own keyword arguments are
             merged over them. JSON-serialisable if the spec is to be.
         max_turns: steps per episode before :class:`MaxTurns` truncates it; ``None``: no limit.
@@ -143,7 +149,8 @@ class EnvSpec:
 
     def make(self, **kwargs: Any) -> Env:
         """Build the env: call the entry point with ``{**self.kwargs, **kwargs}`` and wrap the
-        result in :class:`MaxTurns` (if ``max_turns`` is set) and :class:`OrderEnforcing`.
+        result in :class:`MaxTurns` (if ``max_turns`` is set) and :class:`OrderEnforcing`; all
+        of it after :meth:`resolve`.
 
         To change the turn limit, make a changed spec:
         ``dataclasses.replace(spec, max_turns=4).make()``.
@@ -151,23 +158,59 @@ class EnvSpec:
         Raises:
             RegistryError: the entry point cannot be loaded, or did not return an :class:`Env`.
         """
-        env = self.load()(**{**self.kwargs, **kwargs})
+        spec = self.resolve()
+        env = spec.load()(**{**spec.kwargs, **kwargs})
         if not isinstance(env, Env):
             raise RegistryError(
-                f"env {self.id!r}: entry point {self._entry_point_name()} returned "
+                f"env {self.id!r}: entry point {spec._entry_point_name()} returned "
                 f"{type(env).__name__}, not an agentrl.envs.Env"
             )
-        if self.max_turns is not None:
-            env = MaxTurns(env, self.max_turns)
+        if spec.max_turns is not None:
+            env = MaxTurns(env, spec.max_turns)
         return OrderEnforcing(env)
 
+    def resolve(self) -> EnvSpec:
+        """The spec the env is built from: this one, or, when the entry point names an
+        :class:`EnvSpec` (an entry point's way to give ``max_turns`` and ``kwargs``), that spec
+        under this one's settings: this spec's ``kwargs`` over its ``kwargs``, and this spec's
+        ``max_turns`` unless that is ``None``. Imports the entry point's module.
+
+        Raises:
+            RegistryError: the entry point cannot be loaded; or the spec it names has another
+                id, or names an :class:`EnvSpec` itself.
+        """
+        target = self._target()
+        if not isinstance(target, EnvSpec):
+            return self
+        where = f"env {self.id!r}{self._origin()}: its entry point {self.entry_point!r}"
+        if target.id != self.id:
+            raise RegistryError(f"{where} names the spec of {target.id!r}; an entry point's name and its EnvSpec's id must agree")
+        if isinstance(target._target(), EnvSpec):
+            raise RegistryError(
+                f"env {self.id!r}: the EnvSpec that entry point {self.entry_point!r} names must name an Env class or "
+                "factory, not another EnvSpec")
+        return dataclasses.replace(target, kwargs={**target.kwargs, **self.kwargs}, distribution=self.distribution,
+                                   max_turns=target.max_turns if self.max_turns is None else self.max_turns)
+
     def load(self) -> EnvCreator:
-        """The entry point as a callable, importing its module if it is a string.
+        """The callable that builds the env: the entry point of the spec :meth:`resolve` gives,
+        imported if it is a string.
 
         Raises:
             RegistryError: the module failed to import or lacks the attribute; the message names
                 the distribution that declared the entry point, if any.
         """
+        spec = self.resolve()
+        target = spec._target()
+        if not callable(target):
+            raise RegistryError(
+                f"env {self.id!r}{spec._origin()}: entry point {spec.entry_point!r} is not callable"
+            )
+        creator: EnvCreator = target
+        return creator
+
+    def _target(self) -> Any:
+        """What the entry point names: imported if it is a string, else the callable itself."""
         if not isinstance(self.entry_point, str):
             return self.entry_point
         module_name, _, attr_path = self.entry_point.partition(":")
@@ -180,12 +223,7 @@ class EnvSpec:
                 f"env {self.id!r}{self._origin()}: cannot load entry point {self.entry_point!r}: "
                 f"{type(e).__name__}: {e}"
             ) from e
-        if not callable(target):
-            raise RegistryError(
-                f"env {self.id!r}{self._origin()}: entry point {self.entry_point!r} is not callable"
-            )
-        creator: EnvCreator = target
-        return creator
+        return target
 
     def to_json(self) -> str:
         """The spec as a JSON string, which :meth:`from_json` turns back into an equal spec.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 import os
@@ -193,13 +194,17 @@ version = "1.0"
 "thirdparty/Gone-v0" = "thirdparty_gone:Env"
 "thirdparty/NoAttr-v0" = "thirdparty_envs"
 "bad id!" = "thirdparty_envs:EchoEnv"
+"thirdparty/Loop-v0" = "thirdparty_envs:LOOP_SPEC"
+"thirdparty/Forever-v0" = "thirdparty_envs:ForeverEnv"
+"thirdparty/Mislabeled-v0" = "thirdparty_envs:LOOP_SPEC"
+"thirdparty/Nested-v0" = "thirdparty_envs:NESTED_SPEC"
 
 [tool.setuptools]
 py-modules = ["thirdparty_envs"]
 """
 
 THIRDPARTY_MODULE = """\
-from agentrl.envs import Env, StepResult
+from agentrl.envs import Env, EnvSpec, StepResult, Task
 
 
 class EchoEnv(Env):
@@ -212,6 +217,25 @@ class EchoEnv(Env):
 
     async def step(self, action):
         return StepResult([{"role": "user", "content": self.prefix + action.text}], 0.0, True, False, {})
+
+
+class ForeverEnv(Env):
+    def __init__(self, greeting):
+        self.greeting = greeting
+
+    async def reset(self, task, *, seed=None):
+        await super().reset(task, seed=seed)
+        return [{"role": "user", "content": f"{self.greeting} {task.prompt}"}], {}
+
+    async def step(self, action):
+        return StepResult([{"role": "user", "content": "again"}], 0.0, False, False, {})
+
+    def example_tasks(self):
+        return [Task("say anything")]
+
+
+LOOP_SPEC = EnvSpec("thirdparty/Loop-v0", "thirdparty_envs:ForeverEnv", {"greeting": "hi"}, max_turns=2)
+NESTED_SPEC = EnvSpec("thirdparty/Nested-v0", "thirdparty_envs:NESTED_SPEC")
 """
 
 
@@ -328,3 +352,49 @@ def test_default_registry_discovers_entry_points_in_a_fresh_process(thirdparty_s
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
     )
     assert result.stdout.split() == ["True", "False", "EchoEnv"]
+
+
+async def test_an_entry_point_may_name_an_env_spec_with_max_turns_and_kwargs(thirdparty: None) -> None:
+    reg = EnvRegistry()
+    reg.discover_entry_points()
+    assert "thirdparty_envs" not in sys.modules and reg.spec("thirdparty/Loop-v0").max_turns is None  # still lazy
+    resolved = reg.spec("thirdparty/Loop-v0").resolve()
+    assert (resolved.max_turns, resolved.kwargs, resolved.distribution) == (2, {"greeting": "hi"}, "thirdparty-envs")
+    env = reg.make("thirdparty/Loop-v0")
+    assert type(env.env) is MaxTurns and (await env.reset(Task("x")))[0][0]["content"] == "hi x"
+    assert not (await env.step(Action("a"))).truncated and (await env.step(Action("b"))).truncated
+    longer = dataclasses.replace(reg.spec("thirdparty/Loop-v0"), max_turns=3).make(greeting="yo")  # the caller's settings win
+    assert (await longer.reset(Task("x")))[0][0]["content"] == "yo x" and longer.env.max_turns == 3
+
+
+@pytest.mark.parametrize(
+    ("env_id", "fragment"),
+    [
+        ("thirdparty/Mislabeled-v0", "env 'thirdparty/Mislabeled-v0' (entry point of distribution 'thirdparty-envs'): its entry point "
+         "'thirdparty_envs:LOOP_SPEC' names the spec of 'thirdparty/Loop-v0'; an entry point's name and its EnvSpec's id must agree"),
+        ("thirdparty/Nested-v0", "the EnvSpec that entry point 'thirdparty_envs:NESTED_SPEC' names must name an Env class or factory, "
+         "not another EnvSpec"),
+    ],
+)
+def test_an_entry_point_spec_is_checked_when_made(thirdparty: None, env_id: str, fragment: str) -> None:
+    reg = EnvRegistry()
+    reg.discover_entry_points()
+    with pytest.raises(RegistryError) as caught:
+        reg.make(env_id)
+    assert fragment in str(caught.value)
+
+
+def agentrl_cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``agentrl ARGS`` in a fresh process that has the third-party package installed."""
+    repo_root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(repo_root)])}
+    return subprocess.run([sys.executable, "-m", "agentrl.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_check_env_gets_max_turns_and_kwargs_for_entry_point_envs(thirdparty_site: Path) -> None:
+    from_spec = agentrl_cli(thirdparty_site, "check-env", "thirdparty/Loop-v0")
+    assert from_spec.returncode == 0 and "ok   episode ends within max_steps: 2 step(s)" in from_spec.stdout, from_spec.stdout + from_spec.stderr
+    from_flags = agentrl_cli(thirdparty_site, "check-env", "thirdparty/Forever-v0", "--max-turns", "3", "--env-kwargs", '{"greeting": "hey"}')
+    assert from_flags.returncode == 0 and "ok   episode ends within max_steps: 3 step(s)" in from_flags.stdout, from_flags.stdout + from_flags.stderr
+    bad = agentrl_cli(thirdparty_site, "check-env", "thirdparty/Forever-v0", "--env-kwargs", "[1]")
+    assert bad.returncode == 2 and "error: argument --env-kwargs: expected a JSON object such as '{\"key\": 1}', got list" in bad.stderr
