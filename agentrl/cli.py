@@ -1,33 +1,45 @@
 """The ``agentrl`` command line. Flag names follow slime wherever slime has the concept.
 
     agentrl train [--config FILE.yaml] [--flag value ...]
+    agentrl rollout [--config FILE.yaml] --prompt-data FILE --output FILE.jsonl [--flag value ...]
     agentrl envs
-    agentrl check-env ID [--hf-checkpoint SPEC]
-    agentrl rollout --env ID --prompt-data FILE [--hf-checkpoint SPEC] --n-samples-per-prompt N --output FILE.jsonl
+    agentrl check-env ID [--hf-checkpoint SPEC] [--max-turns N] [--env-kwargs JSON]
     agentrl serve --model-path SPEC [--host 127.0.0.1] [--port 30000] [--dtype bfloat16] [--device cpu]
+
+Exit codes: 0 done; 1 the work failed (every rollout episode failed, a contract check failed);
+2 a bad flag, config or data file (one line on stderr); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
-from agentrl.errors import AgentRLError
-from agentrl.models.resolve import DEFAULT_MODEL
+from agentrl.errors import AgentRLError, ConfigError
 from agentrl.serving.server_args import ServerArgs
+
+if TYPE_CHECKING:  # the commands import these when they run: agentrl.config loads torch
+    from agentrl.config import RolloutCommandConfig
+    from agentrl.envs import Task
+    from agentrl.rollout import Trajectory
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command is cmd_train:
-        args.args = rest  # the training flags are parsed by agentrl.config
+    if args.command in (cmd_train, cmd_rollout):
+        args.args = rest  # their flags are parsed by agentrl.config
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.WARNING, format="[agentrl] %(levelname)s %(name)s: %(message)s")
@@ -35,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.command(args)
     except AgentRLError as e:  # expected failures: one clear line, no traceback
         print(f"agentrl: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,37 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a policy with GRPO-family RL (agentrl train --help)", add_help=False)
     train.set_defaults(command=cmd_train)
 
+    rollout = sub.add_parser("rollout", help="play episodes of an env against a model; write trajectories (agentrl rollout --help)", add_help=False)
+    rollout.set_defaults(command=cmd_rollout)
+
     envs = sub.add_parser("envs", help="list registered environment ids")
     envs.set_defaults(command=cmd_envs)
 
     check = sub.add_parser("check-env", help="check an environment against the Env contract")
     check.add_argument("env_id", metavar="ID")
     check.add_argument("--hf-checkpoint", default=None, help="model spec whose tokenizer checks chat-template conformance")
+    check.add_argument("--max-turns", type=int, default=None, help="turn limit over the registered one (MaxTurns)")
+    check.add_argument("--env-kwargs", type=_json_object, default={}, help="keyword arguments for the env, a JSON object")
     check.set_defaults(command=cmd_check_env)
-
-    rollout = sub.add_parser("rollout", help="play episodes of an env against a model; write trajectories")
-    rollout.add_argument("--env", required=True, help="env id, e.g. agentrl/Math-v0")
-    rollout.add_argument("--prompt-data", required=True, type=Path, help="tasks as .jsonl or .parquet")
-    rollout.add_argument("--input-key", default="input")
-    rollout.add_argument("--label-key", default="label")
-    rollout.add_argument("--metadata-key", default="metadata")
-    rollout.add_argument("--num-prompts", type=int, default=None, help="use only the first N tasks")
-    rollout.add_argument("--hf-checkpoint", default=DEFAULT_MODEL, help="HF model directory or built-in name")
-    rollout.add_argument("--n-samples-per-prompt", type=int, default=1)
-    rollout.add_argument("--rollout-max-response-len", type=int, default=256, help="token budget per turn")
-    rollout.add_argument("--rollout-max-context-len", type=int, default=None)
-    rollout.add_argument("--rollout-temperature", type=float, default=1.0)
-    rollout.add_argument("--rollout-top-p", type=float, default=1.0)
-    rollout.add_argument("--rollout-top-k", type=int, default=-1)
-    rollout.add_argument("--rollout-stop", nargs="+", default=[], help="strings that end a turn")
-    rollout.add_argument("--rollout-stop-token-ids", nargs="+", type=int, default=[], help="token ids that end a turn")
-    rollout.add_argument("--max-turns", type=int, default=None)
-    rollout.add_argument("--concurrency", type=int, default=256, help="episodes in flight")
-    rollout.add_argument("--seed", type=int, default=None)
-    rollout.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
-    rollout.add_argument("--device", default="cpu")
-    rollout.add_argument("--output", required=True, type=Path, help="trajectories, one JSON record per line")
-    rollout.set_defaults(command=cmd_rollout)
 
     serve = sub.add_parser("serve", help="serve a model over SGLang's native HTTP API (generation, weight updates)")
     ServerArgs.add_cli_args(serve)
@@ -88,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from agentrl.train import train
 
     metrics = train(load_config(args.args))
-    print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
+    print(_strict_json({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
     return 0
 
 
@@ -101,59 +94,104 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 def cmd_check_env(args: argparse.Namespace) -> int:
-    from agentrl.envs import check_env, make, spec
+    from agentrl.envs import check_env, spec
 
-    spec(args.env_id)  # an unknown id fails here, with suggestions
+    env_spec = spec(args.env_id)  # an unknown id fails here, with suggestions
+    if args.max_turns is not None:
+        env_spec = dataclasses.replace(env_spec, max_turns=args.max_turns)
     tokenizer = _tokenizer(args.hf_checkpoint) if args.hf_checkpoint else None
-    report = asyncio.run(check_env(lambda: make(args.env_id), tokenizer=tokenizer, raise_on_failure=False))
+    report = asyncio.run(check_env(lambda: env_spec.make(**args.env_kwargs), tokenizer=tokenizer, raise_on_failure=False))
     print(report)
-    return 0 if report.ok else 1
+    return 0 if report.ok else EXIT_FAILED
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
+    """Play the episodes, writing each trajectory as its episode ends; print a summary. Exits
+    non-zero when every episode failed (showing the first error) or on Ctrl-C (keeping the file)."""
+    from agentrl.config import load_rollout_config
     from agentrl.data import TaskKeys, load_tasks
-    from agentrl.envs import make, spec
+    from agentrl.rollout import summarize
+
+    cfg = load_rollout_config(args.args)
+    tasks = load_tasks(cfg.prompt_data, TaskKeys(cfg.input_key, cfg.label_key, cfg.metadata_key))[: cfg.num_prompts]  # type: ignore[arg-type]
+    with _open_output(Path(cfg.output)) as out:  # type: ignore[arg-type]
+        written = _RecordWriter(out)
+        try:
+            trajectories, elapsed_s = _play(cfg, tasks, written)
+        except KeyboardInterrupt:
+            print(f"agentrl: interrupted: kept the {written.count} episodes that had finished in {cfg.output}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    print(f"wrote {len(trajectories)} trajectories to {cfg.output}")
+    print(_strict_json(summarize(trajectories, elapsed_s=elapsed_s)))
+    return _all_failed(trajectories)
+
+
+class _RecordWriter:
+    """Writes each trajectory as one JSON line, flushed at once, and counts them."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out, self.count = out, 0
+
+    def __call__(self, trajectory: Trajectory) -> None:
+        self.out.write(json.dumps(trajectory.to_dict()) + "\n")
+        self.out.flush()
+        self.count += 1
+
+
+def _open_output(path: Path) -> IO[str]:
+    """``--output`` opened for writing (its directory made), before anything slow starts."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w")
+    except OSError as e:
+        raise ConfigError(f"--output {path}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
+
+
+def _play(cfg: RolloutCommandConfig, tasks: list[Task], on_trajectory: Callable[[Trajectory], None]) -> tuple[list[Trajectory], float]:
+    """Load the model and play every episode of ``tasks``, streaming each to ``on_trajectory``.
+    Returns the trajectories, ordered by (task, sample), and the seconds the episodes took."""
+    from agentrl.envs import make
     from agentrl.policies.embedded import EmbeddedEngine
-    from agentrl.rollout import ChatRenderer, RolloutConfig, RolloutRunner, summarize
+    from agentrl.rollout import ChatRenderer, RolloutRunner
 
-    spec(args.env)  # fail fast on an unknown id, before loading the model
-    tasks = load_tasks(args.prompt_data, TaskKeys(args.input_key, args.label_key, args.metadata_key))
-    tasks = tasks[: args.num_prompts] if args.num_prompts else tasks
-    config = RolloutConfig(
-        n_samples_per_prompt=args.n_samples_per_prompt,
-        max_new_tokens=args.rollout_max_response_len,
-        max_context_len=args.rollout_max_context_len,
-        max_turns=args.max_turns,
-        temperature=args.rollout_temperature,
-        top_p=args.rollout_top_p,
-        top_k=args.rollout_top_k,
-        stop=tuple(args.rollout_stop),
-        stop_token_ids=tuple(args.rollout_stop_token_ids),
-        concurrency=args.concurrency,
-        seed=args.seed,
-    )
-    engine = EmbeddedEngine.from_pretrained(args.hf_checkpoint, dtype=args.dtype, device=args.device)
-    runner = RolloutRunner(engine, ChatRenderer(engine.tokenizer), lambda: make(args.env), config)
+    engine = EmbeddedEngine.from_pretrained(cfg.hf_checkpoint, dtype="bfloat16" if cfg.bf16 else "float32", device=cfg.device)
+    runner = RolloutRunner(engine, ChatRenderer(engine.tokenizer), lambda: make(cfg.env, **cfg.env_kwargs), cfg.rollout())
 
-    async def play() -> list:
+    async def play() -> tuple[list[Trajectory], float]:
         async with engine:
-            return await runner.run(tasks)
+            started = time.perf_counter()
+            trajectories = await runner.run(tasks, on_trajectory=on_trajectory)
+            return trajectories, time.perf_counter() - started
 
-    started = time.perf_counter()
-    trajectories = asyncio.run(play())
-    summary = summarize(trajectories, elapsed_s=time.perf_counter() - started)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w") as f:
-        f.writelines(json.dumps(t.to_dict()) + "\n" for t in trajectories)
-    print(f"wrote {len(trajectories)} trajectories to {args.output}")
-    print(json.dumps(summary))
-    return 0
+    return asyncio.run(play())
+
+
+def _all_failed(trajectories: list[Trajectory]) -> int:
+    """``EXIT_FAILED`` with the first episode's error on stderr when every episode failed
+    (env error, timeout or abort), else 0."""
+    if not trajectories or not all(t.excluded for t in trajectories):
+        return 0
+    first = trajectories[0]
+    print(f"agentrl: error: every episode failed ({len(trajectories)} of {len(trajectories)}); the first (task {first.task_index}, "
+          f"sample {first.sample_index}) ended as {first.termination.value}: {first.error}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _strict_json(record: dict[str, Any]) -> str:
+    """``record`` as strict JSON: a non-finite number (an undefined mean) becomes null."""
+    return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}, allow_nan=False)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from agentrl.serving.launch import serve
 
     return serve(ServerArgs.from_cli_args(args))
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    from agentrl.config import json_object  # imported only when the flag is given: agentrl.config loads torch
+
+    return json_object(text)
 
 
 def _tokenizer(spec: str):  # noqa: ANN202 - a transformers tokenizer

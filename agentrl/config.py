@@ -1,12 +1,18 @@
-"""The training configuration: one typed, validated record, from YAML and command-line flags.
+"""The configurations of ``agentrl train`` and ``agentrl rollout``: typed, validated records, from
+YAML and command-line flags.
 
 Flag names are slime's wherever slime has the concept (``--rollout-batch-size``,
 ``--n-samples-per-prompt``, ``--eps-clip`` ...), so slime scripts carry over. A YAML file given
 with ``--config`` holds the same names (dashes or underscores); flags on the command line win
-over the file, which wins over the defaults. Unknown names and invalid combinations are refused
-with one line that names the flag (and suggests the closest one).
+over the file, which wins over the defaults. One YAML file serves both commands: each reads the
+keys it knows and leaves the other's (``agentrl rollout`` ignores ``lr``). Unknown names, values
+out of range and invalid combinations are refused when the config is read, with one line that
+names the flag (and suggests the closest one).
 
-Each component gets only its own part: :meth:`TrainConfig.rollout`, :meth:`TrainConfig.trainer`
+Ranges are declared on the fields (``opt(..., range=Range(gt=0, le=1))``) and checked by one
+loop, with the choices and the finiteness of every float.
+
+Each component gets only its own part: :meth:`EpisodeConfig.rollout`, :meth:`TrainConfig.trainer`
 and :meth:`TrainConfig.loss` build the typed configs of the runner, the trainer and the loss.
 """
 
@@ -15,6 +21,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import inspect
+import json
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -22,39 +31,153 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from agentrl.data import utf8_lines
 from agentrl.engines.backend import BackendConfig
 from agentrl.engines.flags import split_prefixed
-from agentrl.errors import ConfigError
+from agentrl.envs import registration
+from agentrl.envs.tool_calls import get_tool_parser
+from agentrl.errors import ConfigError, RegistryError
+from agentrl.rollout.conversation import BridgeMode
 from agentrl.rollout.runner import RolloutConfig
 from agentrl.trainers.algorithms import ADVANTAGE_ESTIMATORS, KL_TYPES, LossConfig
 from agentrl.trainers.lr_schedule import LR_DECAY_STYLES
 from agentrl.trainers.torch_trainer import TrainerConfig
 
 
+@dataclass(frozen=True)
+class Range:
+    """The numbers a field allows: ``Range(gt=0, le=1)`` is (0, 1]; ``also`` lists values allowed
+    outside it (``-1`` for "all")."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    also: tuple[float, ...] = ()
+
+    def __contains__(self, x: float) -> bool:
+        inside = (self.ge is None or x >= self.ge) and (self.gt is None or x > self.gt)
+        return x in self.also or (inside and (self.le is None or x <= self.le) and (self.lt is None or x < self.lt))
+
+    def __str__(self) -> str:
+        low, high = self.ge if self.ge is not None else self.gt, self.le if self.le is not None else self.lt
+        if low is not None and high is not None:
+            text = f"in {'[' if self.ge is not None else '('}{low:g}, {high:g}{']' if self.le is not None else ')'}"
+        elif low is not None:
+            text = f"{'>=' if self.ge is not None else '>'} {low:g}"
+        else:
+            text = f"{'<=' if self.le is not None else '<'} {high:g}"
+        return text + "".join(f" (or {v:g})" for v in self.also)
+
+
+AT_LEAST_1 = Range(ge=1)
+NON_NEGATIVE = Range(ge=0)
+POSITIVE = Range(gt=0)
+BETA = Range(ge=0, lt=1)
+
+
+_Config = typing.TypeVar("_Config", bound="EpisodeConfig")
+
+
 def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - argparse's word
-    """A config field with its help text (shown by ``agentrl train --help``)."""
+    """A config field with its help text (shown by ``--help``). Keywords: ``range`` (a
+    :class:`Range`, for a list each item), ``choices``, ``nargs``, ``cli=False`` (YAML only)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything ``agentrl train`` needs. Field names are slime's flag names with underscores."""
+class EpisodeConfig:
+    """What is played and how: the model, the env and its tasks, sampling, limits. The part of the
+    configuration that ``agentrl train`` and ``agentrl rollout`` share."""
 
-    # --- model and task
+    # --- model, env and tasks
     hf_checkpoint: str = opt("smollm2-135m", "HF model directory or built-in model name")
-    env: str = opt("agentrl/Math-v0", "env id of the agent task")
-    env_kwargs: dict[str, Any] = opt({}, "keyword arguments for the env (YAML only)", cli=False)
-    eval_env_kwargs: dict[str, Any] = opt({}, "env keyword arguments for evaluation, over env_kwargs (YAML only)", cli=False)
-    eval_dataset_env_kwargs: dict[str, dict[str, Any]] = opt(
-        {}, "per eval dataset NAME, env keyword arguments over eval_env_kwargs, e.g. a no-tool control (YAML only)", cli=False)
-    prompt_data: str | None = opt(None, "training tasks (.jsonl or .parquet)")
+    env: str = opt("agentrl/Math-v0", "env id of the agent task (pkg.module:ns/Name-v0 imports pkg.module first)")
+    env_kwargs: dict[str, Any] = opt({}, "keyword arguments for the env; on the command line a JSON object, e.g. '{\"format_reward\": 0.1}'")
+    prompt_data: str | None = opt(None, "the tasks (.jsonl or .parquet); required")
     input_key: str = opt("input", "row field holding the prompt")
     label_key: str | None = opt("label", "row field holding the label")
     metadata_key: str = opt("metadata", "row field holding metadata")
+    # --- episodes
+    n_samples_per_prompt: int = opt(8, "samples per prompt (the GRPO group size)", range=AT_LEAST_1)
+    rollout_max_response_len: int = opt(256, "token budget of one turn", range=AT_LEAST_1)
+    rollout_max_context_len: int | None = opt(None, "token budget of prompt plus all turns (unset: the engine's)", range=AT_LEAST_1)
+    rollout_temperature: float = opt(1.0, "sampling temperature (log-probs are of logits / temperature)", range=POSITIVE)
+    rollout_top_p: float = opt(1.0, "nucleus sampling: sample from the most likely tokens that make up this probability", range=Range(gt=0, le=1))
+    rollout_top_k: int = opt(-1, "top-k sampling, -1 for all", range=Range(ge=1, also=(-1,)))
+    rollout_stop: list[str] = opt([], "strings that end a turn (kept in the output), e.g. </search> </answer>", nargs="+")
+    rollout_stop_token_ids: list[int] = opt([], "token ids that end a turn besides the model's eos", nargs="+", range=NON_NEGATIVE)
+    max_turns: int | None = opt(None, "policy turns per episode; the episode then ends as max_turns (unset: no limit)", range=AT_LEAST_1)
+    end_on_length: bool = opt(True, "a turn cut by --rollout-max-response-len ends the episode as length; with --no-end-on-length "
+                                    "the env gets the cut turn (finish_reason length) and the episode goes on")
+    rollout_step_timeout: float | None = opt(None, "seconds one env.reset or env.step may take; the episode then ends as timeout "
+                                                   "(unset: no limit)", range=POSITIVE)
+    rollout_episode_timeout: float | None = opt(None, "seconds a whole episode may take, generation included; it then ends as timeout "
+                                                      "(unset: no limit)", range=POSITIVE)
+    tool_parser: str = opt("hermes", "how tool calls are read from the policy's text: hermes, none, or pkg.module:function")
+    bridge_mode: str = opt("auto", "how observations join the token sequence: auto, append or segment (agentrl/rollout/conversation.py)",
+                           choices=typing.get_args(BridgeMode))
+    reset_seed: str = opt("group", "env reset seeds: one shared by the samples of a task (group) or one per sample (sample)",
+                          choices=("group", "sample"))
+    rollout_concurrency: int = opt(256, "episodes in flight", range=AT_LEAST_1)
+    # --- device and seed
+    bf16: bool = opt(True, "bf16 weights for the embedded engine (and bf16 autocast for training)")
+    device: str = opt("cpu", "cpu or cuda[:N]")
+    seed: int | None = opt(None, "derives every env reset seed and sampling seed, for reproducible episodes (unset: unseeded)")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+        _validate_episodes(self)
+
+    def rollout(self) -> RolloutConfig:
+        """The rollout runner's config."""
+        return RolloutConfig(
+            n_samples_per_prompt=self.n_samples_per_prompt, max_new_tokens=self.rollout_max_response_len,
+            max_context_len=self.rollout_max_context_len, max_turns=self.max_turns, temperature=self.rollout_temperature,
+            top_p=self.rollout_top_p, top_k=self.rollout_top_k, stop=tuple(self.rollout_stop), stop_token_ids=tuple(self.rollout_stop_token_ids),
+            concurrency=self.rollout_concurrency, step_timeout_s=self.rollout_step_timeout, episode_timeout_s=self.rollout_episode_timeout,
+            bridge_mode=self.bridge_mode, tool_parser=self.tool_parser, end_on_length=self.end_on_length,  # type: ignore[arg-type]
+            reset_seed=self.reset_seed, seed=self.seed,  # type: ignore[arg-type]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RolloutCommandConfig(EpisodeConfig):
+    """Everything ``agentrl rollout`` needs: play episodes of an env against a model and write
+    their trajectories."""
+
+    n_samples_per_prompt: int = opt(1, "samples per prompt", range=AT_LEAST_1)
+    rollout_temperature: float = opt(1.0, "sampling temperature, 0 for greedy (log-probs are of logits / temperature)", range=NON_NEGATIVE)
+    num_prompts: int | None = opt(None, "play only the first N tasks (unset: all)", range=AT_LEAST_1)
+    output: str | None = opt(None, "trajectories, one JSON record per line, written as each episode ends; required")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.output is None:
+            raise ConfigError("--output is required: the file the trajectories go to, e.g. --output trajectories.jsonl")
+        if Path(self.output).is_dir():
+            raise ConfigError(f"--output {self.output}: a directory is there; expected a file path such as {Path(self.output) / 'trajectories.jsonl'}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(EpisodeConfig):
+    """Everything ``agentrl train`` needs: train an agent with GRPO-family RL. Field names are
+    slime's flag names with underscores."""
+
+    seed: int = opt(1234, "seed of data order, sampling and initialisation")
+    # --- tasks and rewards
+    eval_env_kwargs: dict[str, Any] = opt({}, "env keyword arguments for evaluation, over env_kwargs (a JSON object on the command line)")
+    eval_dataset_env_kwargs: dict[str, dict[str, Any]] = opt(
+        {}, "per eval dataset NAME, env keyword arguments over eval_env_kwargs, e.g. a no-tool control (a JSON object on the command line)")
     apply_chat_template: bool = opt(True, "render prompts with the tokenizer's chat template (else plain concatenation)")
     rollout_shuffle: bool = opt(False, "shuffle the training tasks each epoch (seeded)")
     rm_type: str | None = opt(None, "reward: math, boxed_math, exact_match, f1, remote (overrides the env's own)")
@@ -62,29 +185,19 @@ class TrainConfig:
     custom_rm_path: str | None = opt(None, "pkg.module:fn (or slime's pkg.module.fn), async (args, sample) -> float; overrides the env's reward")
     custom_generate_function_path: str | None = opt(
         None, "slime's async generate(args, sample, sampling_params) -> Sample, played instead of --env against an SGLang-compatible server over the engine")
-    # --- rollout
-    num_rollout: int = opt(10, "number of rollout/train steps")
-    rollout_batch_size: int = opt(8, "prompts per rollout")
-    n_samples_per_prompt: int = opt(8, "samples per prompt (the GRPO group size)")
-    num_steps_per_rollout: int | None = opt(None, "optimizer steps per rollout")
-    global_batch_size: int | None = opt(None, "samples per optimizer step (derived when unset)")
-    rollout_max_response_len: int = opt(256, "token budget of one turn")
-    rollout_max_context_len: int | None = opt(None, "token budget of prompt plus all turns")
-    rollout_temperature: float = opt(1.0, "sampling temperature (log-probs are of logits / temperature)")
-    rollout_top_p: float = opt(1.0, "nucleus sampling")
-    rollout_top_k: int = opt(-1, "top-k sampling, -1 for all")
-    rollout_stop: list[str] = opt([], "strings that end a turn (kept in the output), e.g. </search> </answer>", nargs="+")
-    rollout_stop_token_ids: list[int] = opt([], "token ids that end a turn besides the model's eos", nargs="+")
-    max_turns: int | None = opt(None, "policy turns per episode")
-    rollout_concurrency: int = opt(256, "episodes in flight")
-    over_sampling_batch_size: int | None = opt(None, "prompts launched per sampling round (>= --rollout-batch-size; default: it)")
+    # --- rollout batches
+    num_rollout: int = opt(10, "number of rollout/train steps", range=AT_LEAST_1)
+    rollout_batch_size: int = opt(8, "prompts per rollout", range=AT_LEAST_1)
+    num_steps_per_rollout: int | None = opt(None, "optimizer steps per rollout (derived when unset)", range=AT_LEAST_1)
+    global_batch_size: int | None = opt(None, "samples per optimizer step (derived when unset)", range=AT_LEAST_1)
+    over_sampling_batch_size: int | None = opt(None, "prompts launched per sampling round (>= --rollout-batch-size; default: it)", range=AT_LEAST_1)
     dynamic_sampling_filter_path: str | None = opt(
         None, "group filter (args, samples) -> DynamicFilterOutput | bool, e.g. agentrl.rollout.filters.check_reward_nonzero_std (or slime's path)")
     partial_rollout: bool = opt(False, "keep the episodes aborted once the batch is full and resume them next step")
     buffer_filter_path: str | None = opt(None, "(args, rollout_id, buffer, num_samples) -> groups to resume (default: first in, first out)")
     mask_offpolicy_in_partial_rollout: bool = opt(False, "loss mask 0 on the tokens a resumed episode sampled in earlier steps")
     # --- inference engines (default: the embedded engine in this process)
-    rollout_num_engines: int = opt(0, "launch this many engines behind sglang-router instead of the embedded engine")
+    rollout_num_engines: int = opt(0, "launch this many engines behind sglang-router instead of the embedded engine", range=NON_NEGATIVE)
     rollout_engine_urls: list[str] = opt([], "attach running SGLang-compatible engines (http://host:port), behind sglang-router", nargs="+")
     rollout_engine_backend: str = opt("agentrl", "what launched engines run: agentrl (agentrl serve) or sglang", choices=("agentrl", "sglang"))
     weight_sync: str = opt("distributed", "how weights reach engines over HTTP: distributed (NCCL/gloo group) or disk (safetensors)",
@@ -94,63 +207,59 @@ class TrainConfig:
     # --- algorithm
     advantage_estimator: str = opt("grpo", "grpo, gspo, reinforce_plus_plus, reinforce_plus_plus_baseline", choices=ADVANTAGE_ESTIMATORS)
     disable_grpo_std_normalization: bool = opt(False, "GRPO advantages without dividing by the group std (Dr. GRPO)")
-    eps_clip: float = opt(0.2, "PPO clip range below 1")
-    eps_clip_high: float | None = opt(None, "PPO clip range above 1 (default: --eps-clip)")
-    eps_clip_c: float | None = opt(None, "dual-clip constant (> 1)")
+    eps_clip: float = opt(0.2, "PPO clip range below 1", range=NON_NEGATIVE)
+    eps_clip_high: float | None = opt(None, "PPO clip range above 1 (default: --eps-clip)", range=NON_NEGATIVE)
+    eps_clip_c: float | None = opt(None, "dual-clip constant", range=Range(gt=1))
     use_kl_loss: bool = opt(False, "add a KL(policy || reference) loss term")
-    kl_loss_coef: float = opt(0.0, "weight of the KL loss")
+    kl_loss_coef: float = opt(0.0, "weight of the KL loss", range=NON_NEGATIVE)
     kl_loss_type: str = opt("k1", "KL estimator", choices=KL_TYPES)
-    entropy_coef: float = opt(0.0, "weight of the entropy bonus")
+    entropy_coef: float = opt(0.0, "weight of the entropy bonus (negative: an entropy penalty)")
     calculate_per_token_loss: bool = opt(False, "token-mean loss instead of the per-sample mean")
     use_tis: bool = opt(False, "truncated importance sampling against rollout log-probs")
-    tis_clip: float = opt(2.0, "upper clip of the TIS weight")
-    tis_clip_low: float = opt(0.0, "lower clip of the TIS weight")
+    tis_clip: float = opt(2.0, "upper clip of the TIS weight", range=POSITIVE)
+    tis_clip_low: float = opt(0.0, "lower clip of the TIS weight (<= --tis-clip)", range=NON_NEGATIVE)
     # --- optimizer and batching
-    lr: float = opt(1e-6, "AdamW learning rate")
-    weight_decay: float = opt(0.01, "AdamW weight decay")
-    adam_beta1: float = opt(0.9, "AdamW beta1")
-    adam_beta2: float = opt(0.999, "AdamW beta2")
+    lr: float = opt(1e-6, "AdamW learning rate", range=NON_NEGATIVE)
+    weight_decay: float = opt(0.01, "AdamW weight decay", range=NON_NEGATIVE)
+    adam_beta1: float = opt(0.9, "AdamW beta1", range=BETA)
+    adam_beta2: float = opt(0.999, "AdamW beta2", range=BETA)
     lr_decay_style: str = opt("constant", "learning-rate schedule after warmup", choices=LR_DECAY_STYLES)
-    lr_warmup_iters: int = opt(0, "optimizer steps of linear warmup from 0 to --lr")
-    lr_decay_iters: int | None = opt(None, "optimizer steps over which the lr decays to --min-lr (default: the whole run)")
-    min_lr: float = opt(0.0, "the lr at the end of the decay")
-    clip_grad: float = opt(1.0, "max gradient norm (0: no clipping)")
-    micro_batch_size: int = opt(1, "sequences per micro-batch (without --use-dynamic-batch-size)")
+    lr_warmup_iters: int = opt(0, "optimizer steps of linear warmup from 0 to --lr", range=NON_NEGATIVE)
+    lr_decay_iters: int | None = opt(None, "optimizer steps over which the lr decays to --min-lr (default: the whole run)", range=AT_LEAST_1)
+    min_lr: float = opt(0.0, "the lr at the end of the decay (<= --lr)", range=NON_NEGATIVE)
+    clip_grad: float = opt(1.0, "max gradient norm (0: no clipping)", range=NON_NEGATIVE)
+    micro_batch_size: int = opt(1, "sequences per micro-batch (without --use-dynamic-batch-size)", range=AT_LEAST_1)
     use_dynamic_batch_size: bool = opt(False, "pack micro-batches by token budget")
-    max_tokens_per_gpu: int | None = opt(None, "token budget of a micro-batch")
-    bf16: bool = opt(True, "bf16 autocast for training and bf16 weights for the embedded engine")
-    device: str = opt("cpu", "cpu or cuda")
+    max_tokens_per_gpu: int | None = opt(None, "token budget of a micro-batch", range=AT_LEAST_1)
     train_async: bool = opt(False, "one-step-asynchronous: the next rollout overlaps this step's training")
     # --- evaluation
-    eval_interval: int | None = opt(None, "evaluate every N steps (and at the start and end)")
+    eval_interval: int | None = opt(None, "evaluate every N steps (and at the start and end)", range=AT_LEAST_1)
     eval_prompt_data: list[str] = opt([], "NAME PATH pairs of eval datasets", nargs="+")
-    n_samples_per_eval_prompt: int = opt(1, "samples per eval prompt")
-    eval_temperature: float | None = opt(None, "eval sampling temperature (default: --rollout-temperature)")
-    eval_max_prompts: int | None = opt(None, "use only the first N prompts of each eval dataset")
+    n_samples_per_eval_prompt: int = opt(1, "samples per eval prompt", range=AT_LEAST_1)
+    eval_temperature: float | None = opt(None, "eval sampling temperature, 0 for greedy (default: --rollout-temperature)", range=NON_NEGATIVE)
+    eval_max_prompts: int | None = opt(None, "use only the first N prompts of each eval dataset", range=AT_LEAST_1)
     # --- checkpoints and output
     output_dir: str = opt("runs/latest", "run directory: config, metrics.jsonl, dumps, plots")
     save: str | None = opt(None, "checkpoint directory (default: OUTPUT_DIR/checkpoints)")
     load: str | None = opt(None, "checkpoint directory to resume from")
-    save_interval: int | None = opt(None, "save a checkpoint every N steps (and at the end)")
-    seed: int = opt(1234, "seed of data order, sampling and initialisation")
+    save_interval: int | None = opt(None, "save a checkpoint every N steps (and at the end)", range=AT_LEAST_1)
     deterministic: bool = opt(False, "reproducible sampled tokens (engine decodes requests in a fixed order)")
 
     def __post_init__(self) -> None:
-        _validate(self)
+        super().__post_init__()
+        _validate_training(self)
         identity = _batch_identity(self)
         object.__setattr__(self, "global_batch_size", identity[0])
         object.__setattr__(self, "num_steps_per_rollout", identity[1])
 
     # ------------------------------------------------------------------ component configs
     def rollout(self, *, eval: bool = False) -> RolloutConfig:  # noqa: A002
-        temperature = self.rollout_temperature if not eval or self.eval_temperature is None else self.eval_temperature
-        return RolloutConfig(
-            n_samples_per_prompt=self.n_samples_per_eval_prompt if eval else self.n_samples_per_prompt,
-            max_new_tokens=self.rollout_max_response_len, max_context_len=self.rollout_max_context_len,
-            max_turns=self.max_turns, temperature=temperature, top_p=self.rollout_top_p, top_k=self.rollout_top_k,
-            stop=tuple(self.rollout_stop), stop_token_ids=tuple(self.rollout_stop_token_ids),
-            concurrency=self.rollout_concurrency, seed=self.seed,
-        )
+        """The rollout runner's config, for training or (``eval``) for evaluation."""
+        config = super().rollout()
+        if not eval:
+            return config
+        temperature = self.rollout_temperature if self.eval_temperature is None else self.eval_temperature
+        return dataclasses.replace(config, n_samples_per_prompt=self.n_samples_per_eval_prompt, temperature=temperature)
 
     def backend(self) -> BackendConfig:
         return BackendConfig(
@@ -188,45 +297,94 @@ class TrainConfig:
         pairs = self.eval_prompt_data
         return {pairs[i]: Path(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+# ---------------------------------------------------------------------- validation
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def _validate(cfg: TrainConfig) -> None:
+def _check_field(f: dataclasses.Field[Any], value: Any) -> None:
+    """The field's choices, finiteness (floats) and range (numbers; each item of a list)."""
+    flag, choices, allowed = _flag(f.name), f.metadata.get("choices"), f.metadata.get("range")
+    for item in value if isinstance(value, list) else [] if value is None else [value]:
+        if choices is not None and item not in choices:
+            raise ConfigError(f"{flag} must be one of {', '.join(choices)}, got {item!r}")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{flag} must be a finite number, got {item}")
+        if allowed is not None and isinstance(item, (int, float)) and not isinstance(item, bool) and item not in allowed:
+            raise ConfigError(f"{flag} must be {allowed}, got {item}")
+
+
+def _validate_episodes(cfg: EpisodeConfig) -> None:
     if cfg.prompt_data is None:
-        raise ConfigError("--prompt-data is required: the training tasks (.jsonl or .parquet)")
+        raise ConfigError("--prompt-data is required: the tasks (.jsonl or .parquet)")
     if not Path(cfg.prompt_data).is_file():
         raise ConfigError(f"--prompt-data {cfg.prompt_data}: no such file")
-    for name in ("num_rollout", "rollout_batch_size", "n_samples_per_prompt", "rollout_max_response_len", "micro_batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.rollout_num_engines < 0:
-        raise ConfigError(f"--rollout-num-engines must be >= 0, got {cfg.rollout_num_engines}")
+    _check_device(cfg.device)
+    try:
+        get_tool_parser(cfg.tool_parser)
+    except ConfigError as e:
+        raise ConfigError(f"--tool-parser: {e}") from None
+    _check_env(cfg.env, cfg.env_kwargs, "--env-kwargs")
+
+
+def _check_device(device: str) -> None:
+    kind, _, index = device.partition(":")
+    if device == "cpu":
+        return
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"--device must be cpu or cuda[:N], got {device!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device here (torch.cuda.is_available() is False); use --device cpu")
+    if int(index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+
+
+def _check_env(env_id: str, kwargs: dict[str, Any], flag: str) -> None:
+    """``env_id`` is registered and its entry point takes ``kwargs`` (checked against its
+    signature; nothing is built). Imports the env's module."""
+    try:
+        spec = registration.spec(env_id).resolve()
+        creator = spec.load()
+    except RegistryError as e:
+        raise ConfigError(f"--env {env_id}: {e}") from None
+    try:
+        signature = inspect.signature(creator)
+    except (TypeError, ValueError):  # a callable without a signature: nothing to check against
+        return
+    try:
+        signature.bind(**{**spec.kwargs, **kwargs})
+    except TypeError as e:
+        raise ConfigError(f"{flag} {json.dumps(kwargs)}: env {env_id!r} does not take them ({e})") from None
+
+
+def _validate_training(cfg: TrainConfig) -> None:
     if (cfg.sglang_args or cfg.router_args) and not cfg.backend().remote:
         raise ConfigError("--sglang-* and --router-* options need engines: --rollout-num-engines N or --rollout-engine-urls URL ...")
-    if cfg.rollout_temperature <= 0:
-        raise ConfigError(f"--rollout-temperature must be > 0, got {cfg.rollout_temperature}")
     if cfg.use_dynamic_batch_size and not cfg.max_tokens_per_gpu:
         raise ConfigError("--use-dynamic-batch-size needs --max-tokens-per-gpu")
     if cfg.kl_loss_coef != 0 and not cfg.use_kl_loss:
         raise ConfigError("--kl-loss-coef is set but --use-kl-loss is not")
-    if cfg.eps_clip_c is not None and cfg.eps_clip_c <= 1:
-        raise ConfigError(f"--eps-clip-c must be > 1, got {cfg.eps_clip_c}")
+    for low, high in (("tis_clip_low", "tis_clip"), ("min_lr", "lr")):
+        if getattr(cfg, low) > getattr(cfg, high):
+            raise ConfigError(f"{_flag(low)} {getattr(cfg, low)} must be <= {_flag(high)} {getattr(cfg, high)}")
+    _validate_eval(cfg)
+    _validate_sampling(cfg)
+    _validate_paths(cfg)
+
+
+def _validate_eval(cfg: TrainConfig) -> None:
     if len(cfg.eval_prompt_data) % 2:
         raise ConfigError("--eval-prompt-data takes NAME PATH pairs, e.g. --eval-prompt-data math_eval eval.jsonl")
     for name, path in cfg.eval_datasets().items():
         if not path.is_file():
             raise ConfigError(f"--eval-prompt-data {name}: no such file {path}")
-    for name, kwargs in cfg.eval_dataset_env_kwargs.items():
+        _check_env(cfg.env, cfg.env_kwargs_for(name), f"env kwargs of eval dataset {name}")
+    for name in cfg.eval_dataset_env_kwargs:
         if name not in cfg.eval_datasets():
             raise ConfigError(f"eval_dataset_env_kwargs: {name!r} is not an --eval-prompt-data name ({', '.join(cfg.eval_datasets()) or 'none given'})")
-        if not isinstance(kwargs, dict):
-            raise ConfigError(f"eval_dataset_env_kwargs: {name}: expected a mapping of env keyword arguments, got {kwargs!r}")
-    _validate_sampling(cfg)
     if cfg.eval_interval is not None and not cfg.eval_prompt_data:
         raise ConfigError("--eval-interval needs --eval-prompt-data")
-    if cfg.device not in ("cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise ConfigError(f"--device must be cpu or cuda[:N], got {cfg.device!r}")
 
 
 def _validate_sampling(cfg: TrainConfig) -> None:
@@ -234,12 +392,21 @@ def _validate_sampling(cfg: TrainConfig) -> None:
         raise ConfigError(f"--over-sampling-batch-size {cfg.over_sampling_batch_size} must be >= --rollout-batch-size {cfg.rollout_batch_size}")
     for flag in ("buffer_filter_path", "mask_offpolicy_in_partial_rollout"):
         if getattr(cfg, flag) and not cfg.partial_rollout:
-            raise ConfigError(f"--{flag.replace('_', '-')} needs --partial-rollout")
+            raise ConfigError(f"{_flag(flag)} needs --partial-rollout")
     if cfg.dynamic_sampling_filter_path and cfg.n_samples_per_prompt < 2:
         raise ConfigError("--dynamic-sampling-filter-path needs --n-samples-per-prompt >= 2 (a group of one has no reward spread)")
     sampling = cfg.over_sampling_batch_size is not None or cfg.dynamic_sampling_filter_path or cfg.partial_rollout
     if sampling and cfg.custom_generate_function_path:
         raise ConfigError("--over-sampling-batch-size, --dynamic-sampling-filter-path and --partial-rollout do not work with --custom-generate-function-path")
+
+
+def _validate_paths(cfg: TrainConfig) -> None:
+    for name in ("output_dir", "save"):
+        path = getattr(cfg, name)
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            raise ConfigError(f"{_flag(name)} {path}: a file is there; expected a directory")
+    if cfg.load is not None and not Path(cfg.load).is_dir():
+        raise ConfigError(f"--load {cfg.load}: no such checkpoint directory")
 
 
 def _batch_identity(cfg: TrainConfig) -> tuple[int, int]:
@@ -249,19 +416,22 @@ def _batch_identity(cfg: TrainConfig) -> tuple[int, int]:
     where = f"--rollout-batch-size {cfg.rollout_batch_size} x --n-samples-per-prompt {cfg.n_samples_per_prompt} = {samples} samples"
     if cfg.num_steps_per_rollout is not None:
         steps = cfg.num_steps_per_rollout
-        if steps < 1 or samples % steps:
+        if samples % steps:
             raise ConfigError(f"{where} do not split into --num-steps-per-rollout {steps} equal steps")
         if cfg.global_batch_size is not None and cfg.global_batch_size * steps != samples:
             raise ConfigError(f"--global-batch-size {cfg.global_batch_size} x --num-steps-per-rollout {steps} must equal {where}")
         return samples // steps, steps
     gbs = cfg.global_batch_size or samples
-    if gbs < 1 or samples % gbs:
+    if samples % gbs:
         raise ConfigError(f"{where} are not a multiple of --global-batch-size {gbs}")
     return gbs, samples // gbs
 
 
 # ---------------------------------------------------------------------- loading
-class _Parser(argparse.ArgumentParser):
+class FlagParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one :class:`ConfigError` line (with "did you mean"
+    for an unknown flag) instead of a usage message."""
+
     def error(self, message: str) -> typing.NoReturn:
         if "unrecognized arguments" in message:
             unknown = [a for a in message.split(":", 1)[1].split() if a.startswith("--")]
@@ -274,87 +444,115 @@ class _Parser(argparse.ArgumentParser):
         return [s for a in self._actions for s in a.option_strings]
 
 
-def build_parser(prog: str = "agentrl train") -> argparse.ArgumentParser:
-    """An argparse parser with one ``--flag`` per :class:`TrainConfig` field (defaults unset, so
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object such as ``'{"topk": 3}'``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at column {e.colno}); expected an object such as '{{\"key\": 1}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"key\": 1}}', got {type(value).__name__}")
+    return value
+
+
+def build_parser(prog: str = "agentrl train", config_class: type[EpisodeConfig] = TrainConfig) -> argparse.ArgumentParser:
+    """An argparse parser with one ``--flag`` per field of ``config_class`` (defaults unset, so
     only flags given on the command line override the YAML file)."""
-    parser = _Parser(prog=prog, description="Train an agent with GRPO-family RL.", argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", type=Path, help="YAML file with the same keys as the flags")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+    description = (config_class.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+    parser = FlagParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help="YAML file with the same keys as the flags (agentrl train and rollout read the same file)")
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
         if not f.metadata.get("cli", True):
             continue
-        kind = _scalar_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"help": f"{f.metadata['help']} (default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"}  # type: ignore[misc]
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        allowed = f" (range: {f.metadata['range']})" if "range" in f.metadata else ""
+        kw: dict[str, Any] = {"help": f"{f.metadata['help']} (default: {default}){allowed}"}
+        if hints[f.name] is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         else:
-            parser.add_argument(flag, type=kind, choices=f.metadata.get("choices"), nargs=f.metadata.get("nargs"), **kw)
+            kind = json_object if typing.get_origin(hints[f.name]) is dict else _scalar_type(hints[f.name])
+            parser.add_argument(_flag(f.name), type=kind, choices=f.metadata.get("choices"), nargs=f.metadata.get("nargs"), **kw)
     return parser
 
 
 def load_config(argv: Sequence[str]) -> TrainConfig:
-    """Defaults, then the ``--config`` YAML file, then command-line flags.
+    """``agentrl train``'s config: defaults, then the ``--config`` YAML file, then flags.
 
     Raises:
         ConfigError: an unknown key or flag, a bad value, or a broken batch identity.
     """
+    return _load(TrainConfig, argv, "agentrl train")
+
+
+def load_rollout_config(argv: Sequence[str]) -> RolloutCommandConfig:
+    """``agentrl rollout``'s config, read like :func:`load_config` (from the same YAML file)."""
+    return _load(RolloutCommandConfig, argv, "agentrl rollout")
+
+
+def _load(config_class: type[_Config], argv: Sequence[str], prog: str) -> _Config:
     passed_through = {}
-    for prefix in ("sglang", "router"):
+    for prefix in ("sglang", "router") if config_class is TrainConfig else ():
         passed_through[f"{prefix}_args"], argv = split_prefixed(argv, prefix)
-    args = vars(build_parser().parse_args(list(argv)))
-    values: dict[str, Any] = {}
+    args = vars(build_parser(prog, config_class).parse_args(list(argv)))
     config_file = args.pop("config", None)
-    if config_file is not None:
-        values.update(_read_yaml(config_file))
-    values.update(args)
+    values = _read_yaml(config_file, config_class) if config_file is not None else {}
+    hints = typing.get_type_hints(config_class)
+    values.update({name: _coerce(value, hints[name], _flag(name)) for name, value in args.items()})
     for key, options in passed_through.items():
         if options:
             values[key] = {**values.get(key, {}), **options}
-    try:
-        return TrainConfig(**values)
-    except TypeError as e:  # a YAML value of the wrong shape
-        raise ConfigError(str(e)) from None
+    return config_class(**values)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, config_class: type[EpisodeConfig]) -> dict[str, Any]:
+    """The values of ``config_class``'s fields in a YAML file; keys of the other command are skipped."""
     if not path.is_file():
         raise ConfigError(f"--config {path}: no such file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load("".join(line for _, line in utf8_lines(path, ConfigError))) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of flag names to values")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for cls in (TrainConfig, RolloutCommandConfig) for f in dataclasses.fields(cls)}
+    own = {f.name for f in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
     values = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
-        if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
             raise ConfigError(f"{path}: unknown key {key!r}" + (f"; did you mean {close[0].replace('_', '-')!r}?" if close else ""))
-        values[name] = _coerce(value, hints[name], f"{path}: {key}")
+        if name in own:
+            values[name] = _coerce(value, hints[name], f"{path}: {key}")
     return values
 
 
 def _scalar_type(hint: Any) -> type:
-    """The type argparse converts with: ``int`` for ``int | None`` and ``list[int]``, ``str`` for a dict."""
+    """The type argparse converts with: ``int`` for ``int | None`` and ``list[int]``."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) in (typing.Union, list):
         return _scalar_type(args[0])
-    if typing.get_origin(hint) is dict:
-        return str
     return hint
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    if value is None or typing.get_origin(hint) in (list, dict):
+    """A YAML value checked against the field's type (lists and mappings item by item); an int
+    or a string such as ``1e-6`` (which YAML reads as a string) becomes a float where one is due."""
+    origin = typing.get_origin(hint)
+    if value is None or hint is Any:
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list of {_scalar_type(hint).__name__}, got {value!r}")
+        return [_coerce(item, typing.get_args(hint)[0], f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {k: _coerce(v, typing.get_args(hint)[1], f"{where}[{k}]") for k, v in value.items()}
     kind = _scalar_type(hint)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is float and isinstance(value, str):  # YAML reads 1e-6 as a string
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
             return float(value)
         except ValueError:

@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from agentrl.config import load_config
+from agentrl.config import load_config, load_rollout_config
+from agentrl.envs import EnvRegistry, registration
 from agentrl.errors import ConfigError
 
 
@@ -16,6 +18,16 @@ def data(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"input": "1+1?", "label": "2"}\n')
     return path
+
+
+@pytest.fixture
+def generic_env(monkeypatch):
+    """``test/Generic-v0`` (takes any keyword argument) beside the math env, in a scoped default registry."""
+    reg = EnvRegistry()
+    reg.register("agentrl/Math-v0", "agentrl.envs.math_env:MathEnv")
+    reg.register("test/Generic-v0", "tests.envs.testing_env:GenericTestEnv")
+    monkeypatch.setattr(registration, "registry", reg)
+    return reg
 
 
 def test_yaml_then_flags_override(tmp_path, data):
@@ -27,16 +39,16 @@ def test_yaml_then_flags_override(tmp_path, data):
     assert cfg.loss().kl_loss_coef == 0.01 and cfg.trainer().lr == 2e-6 and cfg.rollout().n_samples_per_prompt == 8
 
 
-def test_stop_flags_and_per_eval_dataset_env_kwargs(tmp_path, data):
+def test_stop_flags_and_per_eval_dataset_env_kwargs(tmp_path, data, generic_env):
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"prompt-data: {data}\neval-prompt-data: [a, {data}, b, {data}]\nenv-kwargs: {{k: 1, s: on}}\n"
+        f"prompt-data: {data}\nenv: test/Generic-v0\neval-prompt-data: [a, {data}, b, {data}]\nenv-kwargs: {{k: 1, s: on}}\n"
         "eval-env-kwargs: {k: 2}\neval-dataset-env-kwargs: {b: {s: off}}\nrollout-stop: ['</search>']\n")
     cfg = load_config(["--config", str(config), "--rollout-stop-token-ids", "7", "9"])
     assert cfg.rollout().stop == ("</search>",) and cfg.rollout(eval=True).stop_token_ids == (7, 9)
     assert cfg.env_kwargs_for(None) == {"k": 1, "s": True}
     assert cfg.env_kwargs_for("a") == {"k": 2, "s": True} and cfg.env_kwargs_for("b") == {"k": 2, "s": False}
-    config.write_text(f"prompt-data: {data}\neval-prompt-data: [a, {data}]\neval-dataset-env-kwargs: {{c: {{s: off}}}}\n")
+    config.write_text(f"prompt-data: {data}\nenv: test/Generic-v0\neval-prompt-data: [a, {data}]\neval-dataset-env-kwargs: {{c: {{s: off}}}}\n")
     with pytest.raises(ConfigError, match="eval_dataset_env_kwargs: 'c' is not an --eval-prompt-data name"):
         load_config(["--config", str(config)])
 
@@ -97,3 +109,137 @@ def test_agentrl_train_config_errors_are_one_line(tmp_path, data, args, fragment
                             capture_output=True, text=True, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- every rollout setting, from flags and YAML
+
+
+def test_every_rollout_setting_reaches_the_runner_config(tmp_path, data, generic_env):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"prompt-data: {data}\nenv: test/Generic-v0\nenv-kwargs: {{k: 1}}\nrollout-step-timeout: 2\nrollout-episode-timeout: 30\n"
+        "tool-parser: none\nbridge-mode: segment\nend-on-length: false\nreset-seed: sample\nmax-turns: 3\n")
+    cfg = load_config(["--config", str(config), "--rollout-episode-timeout", "45.5", "--max-turns", "4"])
+    rollout = cfg.rollout()
+    assert (rollout.step_timeout_s, rollout.episode_timeout_s, rollout.tool_parser, rollout.bridge_mode) == (2.0, 45.5, "none", "segment")
+    assert (rollout.end_on_length, rollout.reset_seed, rollout.max_turns) == (False, "sample", 4)
+    assert cfg.rollout(eval=True).step_timeout_s == 2.0 and cfg.env_kwargs == {"k": 1}
+    flags = load_config(["--prompt-data", str(data), "--env", "test/Generic-v0", "--env-kwargs", '{"k": [1, 2]}', "--rollout-step-timeout", "0.5",
+                         "--tool-parser", "hermes", "--bridge-mode", "append", "--no-end-on-length", "--reset-seed", "sample"])
+    rollout = flags.rollout()
+    assert (rollout.step_timeout_s, rollout.episode_timeout_s, rollout.bridge_mode, rollout.end_on_length, rollout.reset_seed) == (0.5, None, "append", False, "sample")
+    assert flags.env_kwargs == {"k": [1, 2]} and load_config(["--prompt-data", str(data)]).rollout().reset_seed == "group"
+
+
+def test_the_rollout_command_reads_the_same_yaml_as_train(tmp_path, data, generic_env):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"prompt-data: {data}\nenv: test/Generic-v0\nrollout-step-timeout: 2\nlr: 1e-5\nnum-rollout: 3\nreset-seed: sample\noutput: {tmp_path / 'o.jsonl'}\n")
+    cfg = load_rollout_config(["--config", str(config), "--rollout-temperature", "0.5"])
+    assert (cfg.rollout().step_timeout_s, cfg.rollout().reset_seed, cfg.rollout().temperature, cfg.output) == (2.0, "sample", 0.5, str(tmp_path / "o.jsonl"))
+    assert (cfg.n_samples_per_prompt, cfg.seed, cfg.rollout().seed) == (1, None, None)  # the rollout command's defaults
+    greedy = load_rollout_config(["--config", str(config), "--rollout-temperature", "0"])  # fine to play, not to train on
+    assert greedy.rollout().temperature == 0.0
+    assert load_config(["--config", str(config)]).lr == 1e-5  # train reads the same file, ignoring `output`
+    config.write_text(f"prompt-data: {data}\nrollout-step-timeot: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'rollout-step-timeot'; did you mean 'rollout-step-timeout'\?"):
+        load_rollout_config(["--config", str(config), "--output", str(tmp_path / "o.jsonl")])
+    with pytest.raises(ConfigError, match=r"unrecognized arguments: --lr"):
+        load_rollout_config(["--prompt-data", str(data), "--output", str(tmp_path / "o.jsonl"), "--lr", "1e-5"])
+
+
+# ---------------------------------------------------------------- values checked where the config is read
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rollout-top-p", "1.5"], "--rollout-top-p must be in (0, 1], got 1.5"),
+        (["--rollout-top-p", "0"], "--rollout-top-p must be in (0, 1], got 0.0"),
+        (["--rollout-top-k", "0"], "--rollout-top-k must be >= 1 (or -1), got 0"),
+        (["--rollout-temperature", "nan"], "--rollout-temperature must be a finite number, got nan"),
+        (["--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["--max-turns", "0"], "--max-turns must be >= 1, got 0"),
+        (["--lr", "-1"], "--lr must be >= 0, got -1.0"),
+        (["--eps-clip", "-0.2"], "--eps-clip must be >= 0, got -0.2"),
+        (["--eps-clip-high", "-0.1"], "--eps-clip-high must be >= 0, got -0.1"),
+        (["--eps-clip-c", "1"], "--eps-clip-c must be > 1, got 1.0"),
+        (["--adam-beta1", "1"], "--adam-beta1 must be in [0, 1), got 1.0"),
+        (["--adam-beta2", "-0.5"], "--adam-beta2 must be in [0, 1), got -0.5"),
+        (["--rollout-concurrency", "0"], "--rollout-concurrency must be >= 1, got 0"),
+        (["--weight-decay", "-0.01"], "--weight-decay must be >= 0, got -0.01"),
+        (["--rollout-step-timeout", "0"], "--rollout-step-timeout must be > 0, got 0.0"),
+        (["--rollout-episode-timeout", "-5"], "--rollout-episode-timeout must be > 0, got -5.0"),
+        (["--global-batch-size", "0"], "--global-batch-size must be >= 1, got 0"),
+        (["--rollout-stop-token-ids", "2", "-1"], "--rollout-stop-token-ids must be >= 0, got -1"),
+        (["--tis-clip", "0"], "--tis-clip must be > 0, got 0.0"),
+        (["--use-tis", "--tis-clip-low", "3"], "--tis-clip-low 3.0 must be <= --tis-clip 2.0"),
+        (["--lr", "1e-6", "--min-lr", "1e-5"], "--min-lr 1e-05 must be <= --lr 1e-06"),
+        (["--lr-warmup-iters", "-1"], "--lr-warmup-iters must be >= 0, got -1"),
+        (["--clip-grad", "-1"], "--clip-grad must be >= 0, got -1.0"),
+        (["--eval-temperature", "-0.5"], "--eval-temperature must be >= 0, got -0.5"),
+        (["--rollout-temperature", "0"], "--rollout-temperature must be > 0, got 0.0"),  # training needs logits / temperature
+        (["--n-samples-per-eval-prompt", "0"], "--n-samples-per-eval-prompt must be >= 1, got 0"),
+        (["--save-interval", "0"], "--save-interval must be >= 1, got 0"),
+        (["--max-tokens-per-gpu", "0"], "--max-tokens-per-gpu must be >= 1, got 0"),
+        (["--rollout-max-context-len", "0"], "--rollout-max-context-len must be >= 1, got 0"),
+        (["--device", "cuda:99"], "--device cuda:99: "),
+        (["--device", "tpu"], "--device must be cpu or cuda[:N], got 'tpu'"),
+        (["--env-kwargs", "[1, 2]"], "argument --env-kwargs: expected a JSON object such as"),
+        (["--env-kwargs", "{oops"], "argument --env-kwargs: not valid JSON"),
+        (["--env-kwargs", '{"no_such_arg": 1}'], "--env-kwargs {\"no_such_arg\": 1}: env 'agentrl/Math-v0' does not take"),
+        (["--env", "agentrl/Maths-v0"], "--env agentrl/Maths-v0: unknown env id 'agentrl/Maths-v0'. Did you mean 'agentrl/Math-v0'?"),
+        (["--tool-parser", "nope"], "--tool-parser: unknown tool parser 'nope'"),
+        (["--bridge-mode", "nope"], "argument --bridge-mode: invalid choice: 'nope'"),
+        (["--reset-seed", "task"], "argument --reset-seed: invalid choice: 'task'"),
+    ],
+)
+def test_values_are_checked_with_the_flag_named_in_one_line(data, flags, message):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(["--prompt-data", str(data), *flags])
+    assert message in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+def test_device_cuda_needs_cuda(data):
+    if torch.cuda.is_available():
+        assert load_config(["--prompt-data", str(data), "--device", "cuda"]).device == "cuda"
+    else:
+        with pytest.raises(ConfigError, match=r"--device cuda: no CUDA device here \(torch.cuda.is_available\(\) is False\); use --device cpu"):
+            load_config(["--prompt-data", str(data), "--device", "cuda"])
+
+
+def test_paths_are_checked(tmp_path, data):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for flag in ("--save", "--output-dir"):
+        with pytest.raises(ConfigError, match=f"{flag} {a_file}: a file is there; expected a directory"):
+            load_config(["--prompt-data", str(data), flag, str(a_file)])
+    with pytest.raises(ConfigError, match=f"--load {tmp_path / 'none'}: no such checkpoint directory"):
+        load_config(["--prompt-data", str(data), "--load", str(tmp_path / "none")])
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("env-kwargs: [1, 2]", r"c\.yaml: env-kwargs must be a mapping, got \[1, 2\]"),
+        ("eval-dataset-env-kwargs: {a: 3}", r"c\.yaml: eval-dataset-env-kwargs\[a\] must be a mapping, got 3"),
+        ("rollout-stop: </answer>", r"c\.yaml: rollout-stop must be a list of str, got '</answer>'"),
+        ("rollout-stop-token-ids: [1, x]", r"c\.yaml: rollout-stop-token-ids\[1\] must be int, got 'x'"),
+        ("kl-loss-type: k9", r"--kl-loss-type must be one of k1, k2, k3, low_var_kl, got 'k9'"),
+        ("reset-seed: task", r"--reset-seed must be one of group, sample, got 'task'"),
+        ("rollout-temperature: .nan", r"--rollout-temperature must be a finite number, got nan"),
+        ("rollout-top-p: 2", r"--rollout-top-p must be in \(0, 1\], got 2.0"),
+    ],
+)
+def test_yaml_values_are_checked_like_flags(tmp_path, data, yaml_text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"prompt-data: {data}\n{yaml_text}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(["--config", str(config)])
+
+
+def test_a_yaml_file_that_is_not_utf8_is_named_with_its_line(tmp_path, data):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(f"prompt-data: {data}\n".encode() + b"env-kwargs: {instruction: caf\xe9}\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(["--config", str(config)])
+    assert f"{config}:2: not UTF-8" in str(excinfo.value) and "byte 0xe9" in str(excinfo.value)
