@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import math
 import random
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -63,8 +66,16 @@ class RolloutConfig:
         episode_timeout_s: limit on a whole episode, generation included; ``None`` for none.
         bridge_mode: see :mod:`agentrl.rollout.conversation`.
         tool_parser: a name in ``agentrl.envs.tool_calls.TOOL_PARSERS`` or ``pkg.module:function``.
+        end_on_length: a turn cut by its token budget ends the episode (``length``); ``False``
+            hands the cut turn to the env as an action (``finish_reason == "length"``) and the
+            episode goes on.
+        reset_seed: ``"group"`` (default): every sample of a task resets its env with the same
+            seed, so a game that draws a secret in ``reset`` plays the same game in the whole
+            GRPO group and the group baseline compares like with like. ``"sample"``: each sample
+            gets its own seed (e.g. to vary the task instance within a group on purpose).
         seed: derives every env seed and sampling seed from (seed, task index, sample index,
-            turn), so a run can be reproduced; ``None`` for unseeded sampling.
+            turn), so a run can be reproduced; ``None`` for unseeded sampling (env seeds are then
+            drawn once per runner, still shared within a group).
     """
 
     n_samples_per_prompt: int = 1
@@ -81,6 +92,8 @@ class RolloutConfig:
     episode_timeout_s: float | None = None
     bridge_mode: BridgeMode = "auto"
     tool_parser: str = "hermes"
+    end_on_length: bool = True
+    reset_seed: Literal["group", "sample"] = "group"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -89,14 +102,18 @@ class RolloutConfig:
                 raise ValueError(f"RolloutConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_turns is not None and self.max_turns < 1:
             raise ValueError(f"RolloutConfig.max_turns must be >= 1 or None, got {self.max_turns}")
+        if self.reset_seed not in ("group", "sample"):
+            raise ValueError(f"RolloutConfig.reset_seed must be 'group' or 'sample', got {self.reset_seed!r}")
 
 
 async def play_groups(
-    tasks: Iterable[Task], config: RolloutConfig, play: Callable[[Task, int], Awaitable[Trajectory]], *, progress: bool = True, desc: str = "rollout",
+    tasks: Iterable[Task], config: RolloutConfig, play: Callable[[Task, int], Awaitable[Trajectory]], *, progress: bool = True,
+    desc: str = "rollout", on_trajectory: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
     """``config.n_samples_per_prompt`` episodes of each task through ``play(task, sample_index)``,
     at most ``config.concurrency`` at once, with a progress bar of the running mean reward;
-    ordered by (task, sample)."""
+    ordered by (task, sample). ``on_trajectory`` sees each trajectory as soon as its episode
+    ends (in the order they end), e.g. to stream records to a file."""
     jobs = [(t, k) for t in tasks for k in range(config.n_samples_per_prompt)]
     limit = asyncio.Semaphore(config.concurrency)
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
@@ -106,13 +123,17 @@ async def play_groups(
         nonlocal total_reward, done
         async with limit:
             trajectory = await play(task, k)
+        if on_trajectory is not None:
+            on_trajectory(trajectory)
         total_reward, done = total_reward + trajectory.reward, done + 1
         bar.set_postfix(reward=f"{total_reward / done:.3f}", refresh=False)
         bar.update(1)
         return trajectory
 
     try:
-        return list(await asyncio.gather(*(one(t, k) for t, k in jobs)))
+        async with asyncio.TaskGroup() as group:  # a bug in one episode's machinery stops them all
+            running = [group.create_task(one(t, k)) for t, k in jobs]
+        return [task.result() for task in running]
     finally:
         bar.close()
 
@@ -221,11 +242,14 @@ class RolloutRunner:
         self.env_factory = env_factory
         self.config = config
         self.parse_tool_calls = get_tool_parser(config.tool_parser)
+        self._env_seed_base = config.seed if config.seed is not None else random.SystemRandom().getrandbits(31)
 
-    async def run(self, tasks: Iterable[Task], *, progress: bool = True, desc: str = "rollout") -> list[Trajectory]:
+    async def run(self, tasks: Iterable[Task], *, progress: bool = True, desc: str = "rollout",
+                  on_trajectory: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
         """Play ``n_samples_per_prompt`` episodes per task; trajectories come back ordered by
-        (task, sample), so consecutive runs of ``n_samples_per_prompt`` form the groups."""
-        return await play_groups(tasks, self.config, self.run_episode, progress=progress, desc=desc)
+        (task, sample), so consecutive runs of ``n_samples_per_prompt`` form the groups.
+        ``on_trajectory`` sees each one as soon as its episode ends."""
+        return await play_groups(tasks, self.config, self.run_episode, progress=progress, desc=desc, on_trajectory=on_trajectory)
 
     async def run_episode(self, task: Task, sample_index: int = 0) -> Trajectory:
         """Play one episode to its end; never raises for env or engine failures."""
@@ -267,9 +291,9 @@ class RolloutRunner:
         if step is not None:
             episode.rollout_steps.append(step)
         episode.suspended = False
-        if episode.env is None:
-            episode.env = self.env_factory()
         try:
+            if episode.env is None:
+                episode.env = self._make_env()
             async with asyncio.timeout(self.config.episode_timeout_s):
                 if episode.conversation is None:
                     await self._start(episode.env, episode)
@@ -280,7 +304,7 @@ class RolloutRunner:
             episode.end(Termination.TIMEOUT, str(e))
         except EnvError as e:
             log.warning("episode (task %d, sample %d) ended by an env error: %s", episode.task.index, episode.sample_index, e)
-            episode.end(Termination.ENV_ERROR, str(e))
+            episode.end(Termination.ENV_ERROR, _with_traceback(e))
         except PolicyError as e:
             episode.end(Termination.ABORT, str(e))
         finally:
@@ -297,13 +321,26 @@ class RolloutRunner:
         await _close_env(episode)
         return self._trajectory(episode)
 
+    def _make_env(self) -> Env:
+        """A fresh env from the factory; a factory that raises ends only this episode."""
+        try:
+            return self.env_factory()
+        except Exception as e:
+            raise EnvError(f"the env factory raised {type(e).__name__}: {e}") from e
+
     def _episode_seed(self, episode: _Episode) -> int | None:
+        """The seed of this episode's sampling (``None`` when the config has no seed)."""
         cfg = self.config
         return None if cfg.seed is None else derive_seed(cfg.seed, episode.task.index, episode.sample_index)
 
+    def _reset_seed(self, episode: _Episode) -> int:
+        """The env's reset seed: shared by the task's group unless ``reset_seed == "sample"``."""
+        parts = (episode.task.index,) if self.config.reset_seed == "group" else (episode.task.index, episode.sample_index)
+        return derive_seed(self._env_seed_base, 1, *parts)
+
     async def _start(self, env: Env, episode: _Episode) -> None:
         """Reset the env and open the episode's conversation."""
-        reset = env.reset(episode.task, seed=self._episode_seed(episode))
+        reset = env.reset(episode.task, seed=self._reset_seed(episode))
         messages = _reset_messages(await self._env_call(reset, "reset", episode))
         episode.conversation = TokenConversation(self.renderer, messages, tools=env.tools, mode=self.config.bridge_mode)
 
@@ -334,7 +371,7 @@ class RolloutRunner:
             if result.truncated:
                 by_turns = result.info.get("truncated_by") == "max_turns"
                 return episode.end(Termination.MAX_TURNS if by_turns else Termination.TRUNCATED)
-            if generation.finish_reason == "length":
+            if generation.finish_reason == "length" and (cfg.end_on_length or budget < cfg.max_new_tokens):
                 return episode.end(Termination.LENGTH if budget == cfg.max_new_tokens else Termination.CONTEXT_LIMIT)
             bridge = conversation.bridge_ids(result.observation)
             new_len = len(bridge[0]) + (len(conversation.context_ids) if bridge[1] else 0)
@@ -441,18 +478,37 @@ def _as_step_result(result: Any) -> StepResult:
         raise EnvError(f"env.step must return StepResult(observation, reward, terminated, truncated, info), got {result!r:.200}")
     observation, reward, terminated, truncated, info = result
     _check_messages(observation, "env.step")
-    if not isinstance(reward, (int, float)) or isinstance(reward, bool):
-        raise EnvError(f"env.step returned reward {reward!r}; expected a float")
-    if not isinstance(info, dict):
-        raise EnvError(f"env.step returned info of type {type(info).__name__}; expected a dict")
+    if not isinstance(reward, (int, float)) or isinstance(reward, bool) or not math.isfinite(reward):
+        raise EnvError(f"env.step returned reward {reward!r}; expected a finite float")
+    _check_info(info, "env.step")
     return StepResult(list(observation), float(reward), bool(terminated), bool(truncated), info)
 
 
 def _reset_messages(result: Any) -> list[Message]:
-    if not isinstance(result, tuple) or len(result) != 2 or not isinstance(result[1], dict):
+    if not isinstance(result, tuple) or len(result) != 2:
         raise EnvError(f"env.reset must return (messages, info), got {result!r:.200}")
+    if not isinstance(result[1], dict):
+        raise EnvError(f"env.reset returned info of type {type(result[1]).__name__}; expected a dict")
     _check_messages(result[0], "env.reset")
     return list(result[0])
+
+
+def _check_info(info: Any, where: str) -> None:
+    """A step's ``info`` goes into the trajectory record: it must be a dict that is strict JSON."""
+    if not isinstance(info, dict):
+        raise EnvError(f"{where} returned info of type {type(info).__name__}; expected a dict")
+    try:
+        json.dumps(info, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise EnvError(f"{where} returned an info that is not strict JSON ({e}); keep it to str, finite numbers, bools, None, lists and dicts") from None
+
+
+def _with_traceback(error: BaseException) -> str:
+    """The error's message, followed by the traceback of the exception that caused it (if any)."""
+    cause = error.__cause__
+    if cause is None or cause.__traceback__ is None:
+        return str(error)
+    return f"{error}\n" + "".join(traceback.format_exception(cause)).rstrip()
 
 
 def _check_messages(messages: Any, where: str) -> None:

@@ -30,14 +30,15 @@ class Termination(enum.StrEnum):
     MAX_TURNS = "max_turns"  # the turn limit was reached
     CONTEXT_LIMIT = "context_limit"  # prompt + turns would exceed the context length
     LENGTH = "length"  # a turn hit its token budget (max new tokens)
-    TIMEOUT = "timeout"  # a step or the whole episode took too long
+    TIMEOUT = "timeout"  # a step or the whole episode took too long: left out of the loss
     ENV_ERROR = "env_error"  # the env raised: left out of the loss and of its group's baseline
     ABORT = "abort"  # the engine aborted or failed: left out of the loss too
 
     @property
     def excluded(self) -> bool:
-        """Whether samples ending this way are left out of the loss and the group baseline."""
-        return self in (Termination.ENV_ERROR, Termination.ABORT)
+        """Whether samples ending this way are left out of the loss and the group baseline: an
+        env that raised or hung, or an engine that failed, says nothing about the policy."""
+        return self in (Termination.TIMEOUT, Termination.ENV_ERROR, Termination.ABORT)
 
 
 @dataclass

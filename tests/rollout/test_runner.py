@@ -11,6 +11,7 @@ from agentrl.envs import Action, Env, MaxTurns, StepResult, Task
 from agentrl.errors import PolicyError
 from agentrl.policies import Generation, Policy, ScriptedPolicy, SamplingParams
 from agentrl.rollout import ChatRenderer, RolloutConfig, RolloutRunner, Termination, Trajectory, derive_seed, summarize
+from tests.envs.testing_env import GenericTestEnv
 from tests.rollout.tag_env import TagSearchEnv
 
 TASKS = [Task("What is the capital of France?", "Paris", index=0), Task("What is the capital of Peru?", "Lima", index=1)]
@@ -67,7 +68,7 @@ async def test_a_failing_env_ends_only_its_own_episode(tokenizer, fault, termina
     assert [t.reward for t in trajs[:2]] == [1.0, 1.0]
     assert all(message in t.error for t in trajs[2:])
     assert FaultyEnv.closed == 4  # close runs for every episode, failed or not
-    assert all(t.excluded for t in trajs[2:]) == (termination == Termination.ENV_ERROR)
+    assert all(t.excluded for t in trajs[2:])  # a hung env says nothing about the policy either
 
 
 async def test_episode_timeout_covers_generation_too(tokenizer):
@@ -115,6 +116,13 @@ async def test_a_turn_cut_by_length_is_still_scored_and_ends_the_episode(tokeniz
     assert traj.termination == Termination.LENGTH and traj.metrics["sampled_tokens"] == 6
 
 
+async def test_with_end_on_length_off_a_cut_turn_goes_to_the_env_and_the_episode_goes_on(tokenizer):
+    replies = ["<search>capital of France</search> and much more text after the query", "<answer>Paris</answer>"]
+    traj = await runner(tokenizer, TagSearchEnv, replies=replies, max_new_tokens=12, max_turns=4, end_on_length=False).run_episode(TASKS[0])
+    assert traj.termination == Termination.DONE and traj.metrics["turns"] == 2 and traj.reward == 1.0
+    assert "Paris is the capital of France." in traj.messages[2]["content"]  # the env answered the cut turn
+
+
 async def test_context_limit_ends_the_episode_before_it_overflows(tokenizer):
     cfg = dict(replies=["<search>capital of France</search>"], max_context_len=120, max_new_tokens=64)
     traj = await runner(tokenizer, TagSearchEnv, **cfg).run_episode(TASKS[0])
@@ -122,19 +130,109 @@ async def test_context_limit_ends_the_episode_before_it_overflows(tokenizer):
     assert all(len(s) <= 120 for s in traj.segments)
 
 
-async def test_groups_come_back_ordered_and_seeds_are_derived_per_sample(tokenizer):
+class SecretEnv(Env):
+    """A game whose ``reset`` draws a secret from the env's seeded generator; reward 1 for guessing it."""
+
+    secrets: list[tuple[int, int]] = []  # (task index, secret), across instances
+
+    async def reset(self, task, *, seed=None):
+        await super().reset(task, seed=seed)
+        self.secret = self.rng.randrange(1000)
+        type(self).secrets.append((task.index, self.secret))
+        return [{"role": "user", "content": "guess"}], {}
+
+    async def step(self, action):
+        return StepResult([], float(action.text.strip() == str(self.secret)), True, False, {})
+
+
+@pytest.mark.parametrize("seed", [11, None])
+async def test_the_samples_of_a_group_play_the_same_task_instance(tokenizer, seed):
+    SecretEnv.secrets = []
+    trajs = await runner(tokenizer, SecretEnv, replies=["7"], n_samples_per_prompt=4, seed=seed).run(TASKS, progress=False)
+    assert [(t.task_index, t.sample_index) for t in trajs] == [(i, k) for i in range(2) for k in range(4)]
+    by_task = {i: {s for task, s in SecretEnv.secrets if task == i} for i in range(2)}
+    assert all(len(secrets) == 1 for secrets in by_task.values()), by_task  # one game per group
+    assert by_task[0] != by_task[1]
+
+
+async def test_reset_seed_per_sample_gives_each_sample_its_own_instance(tokenizer):
+    SecretEnv.secrets = []
+    await runner(tokenizer, SecretEnv, replies=["7"], n_samples_per_prompt=6, seed=11, reset_seed="sample").run(TASKS[:1], progress=False)
+    assert len({s for _, s in SecretEnv.secrets}) > 1
+    assert derive_seed(11, 0, 1) == derive_seed(11, 0, 1) != derive_seed(12, 0, 1)
+
+
+async def test_sampling_seeds_are_derived_per_sample(tokenizer):
     seeds = []
 
-    class SeedRecordingEnv(TagSearchEnv):
-        async def reset(self, task, *, seed=None):
-            seeds.append((task.index, seed))
-            return await super().reset(task, seed=seed)
+    class SeedRecordingPolicy(ScriptedPolicy):
+        async def generate(self, input_ids, sampling, *, rid=None):
+            seeds.append(sampling.seed)
+            return await super().generate(input_ids, sampling, rid=rid)
 
-    trajs = await runner(tokenizer, SeedRecordingEnv, n_samples_per_prompt=3, seed=11).run(TASKS, progress=False)
-    assert [(t.task_index, t.sample_index) for t in trajs] == [(i, k) for i in range(2) for k in range(3)]
-    assert sorted(seeds) == sorted((i, derive_seed(11, i, k)) for i in range(2) for k in range(3))
-    assert len({s for _, s in seeds}) == 6
-    assert derive_seed(11, 0, 1) == derive_seed(11, 0, 1) != derive_seed(12, 0, 1)
+    policy = SeedRecordingPolicy(tokenizer, ["<answer>Paris</answer>"])
+    await runner(tokenizer, TagSearchEnv, policy=policy, n_samples_per_prompt=3, seed=11).run(TASKS, progress=False)
+    assert sorted(seeds) == sorted(derive_seed(derive_seed(11, i, k), 0) for i in range(2) for k in range(3))
+
+
+@pytest.mark.parametrize(
+    ("step_result", "message"),
+    [
+        (StepResult([], float("nan"), True, False, {}), "expected a finite float"),
+        (StepResult([], 1.0, True, False, {"when": object()}), "not strict JSON"),
+        (StepResult([], 1.0, True, False, {"score": float("inf")}), "not strict JSON"),
+    ],
+)
+async def test_a_bad_reward_or_info_ends_only_its_episode_as_an_env_error(tokenizer, step_result, message):
+    def step(env, action):
+        return step_result if env.task_index == 1 else StepResult([], 1.0, True, False, {})
+
+    def reset(env, task, seed):
+        env.task_index = task.index
+        return [{"role": "user", "content": task.prompt}], {}
+
+    trajs = await runner(tokenizer, lambda: GenericTestEnv(reset, step), n_samples_per_prompt=2).run(TASKS, progress=False)
+    assert [t.termination for t in trajs] == [Termination.DONE] * 2 + [Termination.ENV_ERROR] * 2
+    assert all(message in t.error for t in trajs[2:])
+    for t in trajs:
+        json.dumps(t.to_dict(), allow_nan=False)  # every record stays strict JSON
+
+
+async def test_an_env_factory_that_raises_ends_only_its_episode_with_the_traceback(tokenizer):
+    made = 0
+
+    def factory():
+        nonlocal made
+        made += 1
+        if made == 2:
+            raise AttributeError("'Config' object has no attribute 'difficulty'")
+        return TagSearchEnv()
+
+    trajs = await runner(tokenizer, factory, n_samples_per_prompt=2, concurrency=1).run(TASKS, progress=False)
+    assert [t.termination for t in trajs].count(Termination.ENV_ERROR) == 1
+    failed = next(t for t in trajs if t.termination == Termination.ENV_ERROR)
+    assert "the env factory raised AttributeError" in failed.error
+    assert "Traceback (most recent call last)" in failed.error and "in factory" in failed.error
+
+
+async def test_a_bug_in_one_episode_cancels_the_others_instead_of_leaving_them_running(tokenizer):
+    cancelled = []
+
+    class BuggyPolicy(Policy):
+        async def generate(self, input_ids, sampling, *, rid=None):
+            if rid.startswith("0-"):
+                raise RuntimeError("a bug, not an engine failure")
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.append(rid)
+                raise
+
+    run = runner(tokenizer, TagSearchEnv, policy=BuggyPolicy(), n_samples_per_prompt=1)
+    with pytest.raises(ExceptionGroup) as caught:
+        await asyncio.wait_for(run.run(TASKS, progress=False), 10)
+    assert caught.group_contains(RuntimeError, match="a bug")
+    assert len(cancelled) == 1
 
 
 async def test_trajectory_records_round_trip_through_json_with_a_schema_version(tokenizer):
