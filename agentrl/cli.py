@@ -6,8 +6,9 @@
     agentrl check-env ID [--hf-checkpoint SPEC] [--max-turns N] [--env-kwargs JSON]
     agentrl serve --model-path SPEC [--host 127.0.0.1] [--port 30000] [--dtype bfloat16] [--device cpu]
 
-Exit codes: 0 done; 1 the work failed (every rollout episode failed, a contract check failed);
-2 a bad flag, config or data file (one line on stderr); 130 interrupted (Ctrl-C).
+Exit codes: 0 done; 1 the work failed (every rollout episode failed, a training step had nothing
+to train on, a contract check failed); 2 a bad flag, config or data file (one line on stderr);
+128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="[agentrl] %(levelname)s %(name)s: %(message)s")
     try:
         return args.command(args)
-    except AgentRLError as e:  # expected failures: one clear line, no traceback
+    except AgentRLError as e:  # expected failures: one clear message, no traceback of agentrl's own
         print(f"agentrl: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling
+        print("agentrl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -273,7 +273,7 @@ class TrainConfig(EpisodeConfig):
             lr=self.lr, weight_decay=self.weight_decay, adam_beta1=self.adam_beta1, adam_beta2=self.adam_beta2,
             lr_decay_style=self.lr_decay_style, lr_warmup_iters=self.lr_warmup_iters, min_lr=self.min_lr,  # type: ignore[arg-type]
             lr_decay_iters=self.lr_decay_iters or self.num_rollout * (self.num_steps_per_rollout or 1),
-            clip_grad=self.clip_grad, global_batch_size=self.global_batch_size or 1, micro_batch_size=self.micro_batch_size,
+            clip_grad=self.clip_grad, num_steps_per_rollout=self.num_steps_per_rollout or 1, micro_batch_size=self.micro_batch_size,
             use_dynamic_batch_size=self.use_dynamic_batch_size, max_tokens_per_gpu=self.max_tokens_per_gpu,
             bf16=self.bf16, temperature=self.rollout_temperature, calculate_per_token_loss=self.calculate_per_token_loss,
         )

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 
 class AgentRLError(Exception):
-    """Root of every error agentrl raises on purpose."""
+    """Root of every error agentrl raises on purpose. ``exit_code`` is what the command line
+    exits with when it ends a command (2: bad input)."""
+
+    exit_code = 2
 
 
 class ConfigError(AgentRLError, ValueError):
@@ -45,6 +48,12 @@ class EnvStateError(EnvError):
 
 class PolicyError(AgentRLError):
     """The inference engine failed or answered something that breaks the policy contract."""
+
+
+class TrainingError(AgentRLError):
+    """The training run cannot go on, e.g. a rollout step left no episode to train on."""
+
+    exit_code = 1
 
 
 class ModelError(AgentRLError):

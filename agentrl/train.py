@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import statistics
 import time
 import urllib.parse
@@ -25,12 +26,13 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from agentrl.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from agentrl.checkpoint import LoopState, find_checkpoint, read_checkpoint, save_checkpoint
 from agentrl.compat.slime_generate import SlimeGenerateRunner
 from agentrl.config import TrainConfig
 from agentrl.data import TaskKeys, TaskStream, load_tasks
 from agentrl.engines.backend import RolloutBackend, open_backend
 from agentrl.envs import Env, make
+from agentrl.errors import ConfigError, TrainingError
 from agentrl.metrics import MetricsLogger
 from agentrl.models.resolve import resolve_model
 from agentrl.rewards.hub import RewardOverride, make_reward_fn
@@ -40,6 +42,7 @@ from agentrl.rollout.dump import write_dump
 from agentrl.rollout.filters import load_group_filter
 from agentrl.rollout.partial import PartialRolloutBuffer, load_buffer_filter, pop_first
 from agentrl.rollout.sampling import collect_groups
+from agentrl.shutdown import Interrupted, run_until_signalled
 from agentrl.trainers.batching import build_train_sequences
 from agentrl.trainers.torch_trainer import TorchTrainer
 
@@ -48,14 +51,31 @@ PLAIN_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the whole training job; returns the last logged metrics."""
-    return asyncio.run(_Run(cfg).main())
+    """Run the whole training job; returns the last logged metrics.
+
+    Raises:
+        TrainingError: a rollout step left no episode to train on (the message holds the first
+            failed episode's error and traceback); nothing is saved then.
+        Interrupted: SIGINT or SIGTERM stopped the run (launched engines are stopped first);
+            the message says where to resume from.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise ConfigError(f"agentrl train runs one trainer process, and found WORLD_SIZE={world} (torchrun?): run it as one process; "
+                          "several trainer ranks are not set up by this launcher")
+    run = _Run(cfg)
+    try:
+        return asyncio.run(run_until_signalled(run.main()))
+    except Interrupted as e:
+        raise Interrupted(f"{e} during step {run.step}; {run.resume_hint()}", e.signum) from None
 
 
 class _Run:
     """The pieces of one run, built once, and the loop over them."""
 
     def __init__(self, cfg: TrainConfig) -> None:
+        """Everything that can fail on bad input (data, checkpoint, plug-in paths) is read
+        before the model loads."""
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -63,22 +83,24 @@ class _Run:
         keys = TaskKeys(cfg.input_key, cfg.label_key, cfg.metadata_key)
         self.stream = TaskStream(load_tasks(cfg.prompt_data, keys), cfg.rollout_batch_size, shuffle=cfg.rollout_shuffle, seed=cfg.seed)
         self.evals = {name: load_tasks(path, keys)[: cfg.eval_max_prompts] for name, path in cfg.eval_datasets().items()}
-        model_dir = resolve_model(cfg.hf_checkpoint)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.trainer = TorchTrainer(model_dir, cfg.trainer(), cfg.loss(), device=cfg.device)
-        self.renderer = ChatRenderer(self.tokenizer, chat_template=None if cfg.apply_chat_template else PLAIN_TEMPLATE)
+        self.checkpoint = find_checkpoint(cfg.load) if cfg.load else None
         self.reward_fn = make_reward_fn(cfg.rm_type, rm_url=cfg.rm_url, custom_rm_path=cfg.custom_rm_path, args=cfg)
-        self.logger = MetricsLogger(self.out)
-        self.model_dir = model_dir
         self.generate_fn = load_function(cfg.custom_generate_function_path, flag="--custom-generate-function-path") if cfg.custom_generate_function_path else None
-        self.backend: RolloutBackend | None = None  # the engines, from main() on
-        self.weight_version = 0
         self.dynamic_filter = load_group_filter(cfg.dynamic_sampling_filter_path) if cfg.dynamic_sampling_filter_path else None
         self.partial_buffer = (
             PartialRolloutBuffer(load_buffer_filter(cfg.buffer_filter_path) if cfg.buffer_filter_path else pop_first, args=cfg)
             if cfg.partial_rollout else None
         )
         self.samples_dynamically = cfg.over_sampling_batch_size is not None or self.dynamic_filter is not None or cfg.partial_rollout
+        self.logger = MetricsLogger(self.out)
+        self.model_dir = resolve_model(cfg.hf_checkpoint)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.trainer = TorchTrainer(self.model_dir, cfg.trainer(), cfg.loss(), device=cfg.device)
+        self.renderer = ChatRenderer(self.tokenizer, chat_template=None if cfg.apply_chat_template else PLAIN_TEMPLATE)
+        self.backend: RolloutBackend | None = None  # the engines, from main() on
+        self.weight_version = 0
+        self.step = 0  # the step being played or trained, counted from 1 as in metrics.jsonl
+        self.saved: Path | None = self.checkpoint  # the newest checkpoint of this run
 
     def runner(self, config: RolloutConfig, *, eval_dataset: str | None = None) -> RolloutRunner | SlimeGenerateRunner:
         """What plays the episodes (of training, or of one eval dataset): the env through the
@@ -98,7 +120,7 @@ class _Run:
 
     async def main(self) -> dict[str, Any]:
         cfg = self.cfg
-        start = self.resume() if cfg.load else 0
+        start = await self.resume() if self.checkpoint else 0
         last: dict[str, Any] = {}
         bar = tqdm(range(start, cfg.num_rollout), desc="train", initial=start, total=cfg.num_rollout, dynamic_ncols=True)
         positions: dict[int, dict[str, int]] = {}
@@ -109,12 +131,14 @@ class _Run:
             if start:
                 await self.push_weights(start)
             for step in bar:
+                self.step = step + 1
                 if cfg.eval_interval and step % cfg.eval_interval == 0:
-                    self.logger.log(step, await self.evaluate(step))
+                    await self.logger.alog(step, await self.evaluate(step))
                 if pending is None:
                     pending = asyncio.create_task(self.rollout(step, positions))
                 trajectories, metrics = await pending
                 pending = None
+                check_trainable(trajectories, step + 1)
                 if cfg.train_async:  # push the weights of the last step, then overlap the next rollout with training
                     if step > start:
                         metrics["perf/weight_sync_time_s"] = await self.push_weights(step)
@@ -125,22 +149,21 @@ class _Run:
                     metrics["perf/weight_sync_time_s"] = await self.push_weights(step + 1)
                 metrics["perf/step_time_s"] = time.perf_counter() - metrics.pop("_started")
                 metrics["weight_version"] = self.weight_version
-                self.logger.log(step + 1, metrics)
+                await self.logger.alog(step + 1, metrics)
                 last = metrics
                 bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
-                write_dump(self.out / "rollouts" / f"step_{step + 1:05d}.txt", trajectories, self.tokenizer)
+                await asyncio.to_thread(write_dump, self.out / "rollouts" / f"step_{step + 1:05d}.txt", trajectories, self.tokenizer)
                 if (cfg.save_interval and (step + 1) % cfg.save_interval == 0) or step + 1 == cfg.num_rollout:
-                    self.save(step + 1, positions[step])
+                    await self.save(step + 1, positions[step])
             if cfg.train_async:
                 await self.push_weights(cfg.num_rollout)
             if cfg.eval_interval:
-                self.logger.log(cfg.num_rollout, await self.evaluate(cfg.num_rollout))
+                await self.logger.alog(cfg.num_rollout, await self.evaluate(cfg.num_rollout))
         if self.partial_buffer is not None:
             await self.partial_buffer.aclose()
         if hasattr(self.reward_fn, "aclose"):
             await self.reward_fn.aclose()
-        self.trainer.save_hf(self.out / "hf_model")
-        self.tokenizer.save_pretrained(self.out / "hf_model")
+        await asyncio.to_thread(self.export_hf, self.out / "hf_model")
         self.logger.close()
         return last
 
@@ -187,21 +210,53 @@ class _Run:
         for name, tasks in self.evals.items():
             trajectories = await self.runner(config, eval_dataset=name).run(tasks, desc=f"eval {name}")
             metrics |= {f"eval/{name}/{k}": v for k, v in episode_metrics(trajectories, config.n_samples_per_prompt).items()}
-            write_dump(self.out / "evals" / f"{name}_step_{step:05d}.txt", trajectories, self.tokenizer)
+            await asyncio.to_thread(write_dump, self.out / "evals" / f"{name}_step_{step:05d}.txt", trajectories, self.tokenizer)
         return metrics
 
-    # ------------------------------------------------------------------ checkpoints
-    def save(self, step: int, data_position: dict[str, int]) -> None:
+    # ------------------------------------------------------------------ checkpoints and export
+    async def save(self, step: int, data_position: dict[str, int]) -> None:
+        """Write a checkpoint (off the event loop; no training runs meanwhile: the trainer's
+        state is read live)."""
         root = self.cfg.save or self.out / "checkpoints"
-        save_checkpoint(root, LoopState(step, data_position), self.trainer.state_dict())
+        self.saved = await asyncio.to_thread(save_checkpoint, root, LoopState(step, data_position), self.trainer.state_dict())
 
-    def resume(self) -> int:
-        """Load the checkpoint of ``--load``; the engines get its weights once they run."""
-        state, trainer_state = load_checkpoint(self.cfg.load)  # type: ignore[arg-type]
+    async def resume(self) -> int:
+        """Load the checkpoint ``--load`` names (checked before the model loaded); the engines
+        get its weights once they run."""
+        assert self.checkpoint is not None
+        state, trainer_state = await asyncio.to_thread(read_checkpoint, self.checkpoint)
         self.trainer.load_state_dict(trainer_state)
         self.stream.seek(state.data_position)
-        tqdm.write(f"[agentrl] resumed from {self.cfg.load} at step {state.step}")
+        tqdm.write(f"[agentrl] resumed from {self.checkpoint} at step {state.step}")
         return state.step
+
+    def export_hf(self, path: Path) -> None:
+        """The trained model and its tokenizer as a Hugging Face directory (blocking)."""
+        self.trainer.save_hf(path)
+        self.tokenizer.save_pretrained(path)
+
+    def resume_hint(self) -> str:
+        """Where an interrupted run can go on from."""
+        if self.saved is None:
+            return "no checkpoint was saved yet (see --save-interval)"
+        return f"resume with --load {self.saved.parent} (its newest checkpoint: {self.saved.name})"
+
+
+def check_trainable(trajectories: Sequence[Trajectory], step: int) -> None:
+    """Refuse a rollout step in which no episode can be trained on (every one failed).
+
+    Raises:
+        TrainingError: with the first failed episode's termination, error and traceback.
+    """
+    if any(not t.excluded for t in trajectories):
+        return
+    if not trajectories:
+        raise TrainingError(f"rollout step {step} played no episode: nothing to train on")
+    first = trajectories[0]
+    counts = ", ".join(f"{n} {k}" for k, n in Counter(t.termination.value for t in trajectories).items())
+    raise TrainingError(
+        f"rollout step {step}: none of its {len(trajectories)} episodes can be trained on ({counts}); nothing was saved.\n"
+        f"The first (task {first.task_index}, sample {first.sample_index}) ended as {first.termination.value}: {first.error}")
 
 
 def episode_metrics(trajectories: Sequence[Trajectory], group_size: int) -> dict[str, float]:

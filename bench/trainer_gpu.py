@@ -63,7 +63,7 @@ def timed(fn) -> float:
 
 
 def run_agentrl(model_dir: str, batches: list[list[TrainSequence]], max_tokens: int, profile: bool = False) -> list[dict[str, float]]:
-    cfg = TrainerConfig(bf16=True, lr=1e-6, global_batch_size=len(batches[0]), use_dynamic_batch_size=True, max_tokens_per_gpu=max_tokens)
+    cfg = TrainerConfig(bf16=True, lr=1e-6, use_dynamic_batch_size=True, max_tokens_per_gpu=max_tokens)
     trainer = TorchTrainer(model_dir, cfg, LossConfig(), device="cuda")
     rows = []
     for seqs in batches:

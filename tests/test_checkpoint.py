@@ -31,7 +31,7 @@ def save_steps(root: Path, *steps: int) -> None:
 
 
 def test_a_real_trainer_state_round_trips_with_weights_only(tmp_path, tiny_model_dir):  # noqa: F811
-    config = TrainerConfig(bf16=False, global_batch_size=1, lr=1e-3, lr_decay_style="cosine", lr_warmup_iters=1, lr_decay_iters=10)
+    config = TrainerConfig(bf16=False, lr=1e-3, lr_decay_style="cosine", lr_warmup_iters=1, lr_decay_iters=10)
     trainer = TorchTrainer(tiny_model_dir, config, LossConfig())
     trainer.train_rollout([TrainSequence(list(range(10)), 4, [1] * 6, [-1.0] * 6, [1.0] * 6, 0)], num_samples=1)
     random.seed(7)

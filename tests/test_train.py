@@ -15,6 +15,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from agentrl.config import load_config
+from agentrl.errors import ConfigError
 from agentrl.train import train
 
 
@@ -173,3 +174,92 @@ def test_dynamic_sampling_with_partial_rollout_trains_only_groups_with_reward_sp
         assert len({r["reward"] for r in group}) == 2
     drops = sum(v for s in steps for k, v in s.items() if k.startswith("dynamic_filter/drop_zero_std_"))
     assert drops == sum(s["over_sampling/groups_dropped"] for s in steps) and drops > 0
+
+
+BROKEN_ENV = '''
+from agentrl.envs import Env, StepResult, register
+
+
+class BrokenReset(Env):
+    async def reset(self, task, *, seed=None):
+        return self.config.difficulty  # a bug in the env: every episode fails
+
+
+    async def step(self, action):
+        return StepResult([], 0.0, True, False, {})
+
+
+register("broken/Reset-v0", BrokenReset)
+'''
+
+
+def _cli(*argv, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "agentrl.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def _pythonpath(path):
+    return {**os.environ, "PYTHONPATH": f"{path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def test_a_run_whose_every_episode_fails_exits_nonzero_with_the_traceback_and_saves_nothing(tiny_dir, data, tmp_path):
+    (tmp_path / "broken_env.py").write_text(BROKEN_ENV)
+    out = tmp_path / "run"
+    proc = _cli("train", *args(tiny_dir, data, out, "--num-rollout", "2", "--env", "broken_env:broken/Reset-v0"), env=_pythonpath(tmp_path))
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "rollout step 1: none of its 4 episodes can be trained on (4 env_error)" in stderr
+    assert "AttributeError" in stderr and "Traceback (most recent call last)" in stderr and "self.config.difficulty" in stderr
+    assert not (out / "checkpoints").exists() and not (out / "hf_model").exists()
+    assert stdout == ""  # no summary of a run that did not train
+
+
+def _children(pid):
+    return [int(p) for p in (open(f"/proc/{pid}/task/{pid}/children").read().split())]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def _wait_for_step(proc, out, step, timeout=300):
+    deadline = time.monotonic() + timeout
+    latest = out / "checkpoints" / "latest"
+    while not (latest.is_file() and latest.read_text() == f"step_{step:05d}"):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"the run never finished step {step}"
+        time.sleep(0.05)
+
+
+def test_sigterm_stops_launched_engines_and_the_router_and_says_where_to_resume(tiny_dir, data, tmp_path):
+    out = tmp_path / "run"
+    proc = _cli("train", *args(tiny_dir, data, out, "--num-rollout", "50", "--rollout-num-engines", "1", "--weight-sync", "disk"))
+    _wait_for_step(proc, out, 1)
+    children = _children(proc.pid)
+    assert len(children) >= 2  # an agentrl serve engine and sglang-router, each in its own session
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "interrupted by SIGTERM during step" in stderr and f"resume with --load {out / 'checkpoints'}" in stderr
+    assert "Traceback" not in stderr
+    assert not [pid for pid in children if _alive(pid)]
+
+
+def test_ctrl_c_ends_with_a_message_not_a_traceback(tiny_dir, data, tmp_path):
+    out = tmp_path / "run"
+    proc = _cli("train", *args(tiny_dir, data, out, "--num-rollout", "50"), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for_step(proc, out, 1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "interrupted by SIGINT during step 2" in stderr and "resume with --load" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+
+
+def test_train_under_torchrun_refuses_rather_than_training_one_rank_copy_per_process(tiny_dir, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2"):
+        train(load_config(args(tiny_dir, data, tmp_path / "run", "--num-rollout", "1")))

@@ -114,6 +114,13 @@ async def _embedded(cfg: BackendConfig, model_dir: Path, tokenizer: PreTrainedTo
         yield RolloutBackend(engine, lambda tensors, version: sync.push(tensors, weight_version=version), url)
 
 
+def snapshot(named_tensors: list[tuple[str, torch.Tensor]], dtype: torch.dtype | None) -> list[tuple[str, torch.Tensor]]:
+    """Copies of the tensors on the CPU (in ``dtype`` when given): the trainer goes on updating its
+    parameters in place, and an engine restarted later must get exactly the pushed version, not
+    a torn mix of it and the next. Blocking: call it through ``asyncio.to_thread``."""
+    return [(name, t.detach().to("cpu", dtype=dtype or t.dtype, copy=True)) for name, t in named_tensors]
+
+
 class _Engines:
     """The fleet and the weight transport over its engines, rebuilt after the fleet changes."""
 
@@ -125,7 +132,7 @@ class _Engines:
         self.sync: HTTPWeightSync | None = None
         self.stale = False  # the fleet changed since the transport was built
         self.changed = asyncio.Event()
-        self.latest: tuple[list[tuple[str, torch.Tensor]], int] | None = None
+        self.latest: tuple[list[tuple[str, torch.Tensor]], int] | None = None  # a snapshot: see snapshot()
 
     async def __aenter__(self) -> _Engines:
         await self.fleet.__aenter__()
@@ -147,7 +154,7 @@ class _Engines:
                 change within its detection and restart time after a failure.
         """
         tensors = [(name, t.detach()) for name, t in named_tensors]
-        self.latest = (tensors, weight_version)
+        self.latest = (await asyncio.to_thread(snapshot, tensors, self._wire_dtype), weight_version)
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             if self.stale:
                 await self._drop_sync()
@@ -173,8 +180,12 @@ class _Engines:
         except TimeoutError:
             raise EngineRequestError(f"{error}; and no engine was restarted or dropped within {limit:.0f} s") from error
 
+    @property
+    def _wire_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.cfg.bf16 else None
+
     def _transport(self, urls: list[str]) -> HTTPWeightSync:
-        wire = torch.bfloat16 if self.cfg.bf16 else None
+        wire = self._wire_dtype
         if self.cfg.weight_sync == "disk":
             return DiskWeightSync(urls, self.run_dir / "weights", dtype=wire)
         backend = "nccl" if self.cfg.device.startswith("cuda") else "gloo"
@@ -188,7 +199,7 @@ class _Engines:
         if event.kind == "restarted" and self.latest is not None:
             tensors, version = self.latest
             log.warning("engine %s restarted (%s): loading weight version %d before it rejoins", event.engine, event.reason, version)
-            one = DiskWeightSync([event.url], self.run_dir / f"weights-{event.engine}", dtype=torch.bfloat16 if self.cfg.bf16 else None)
+            one = DiskWeightSync([event.url], self.run_dir / f"weights-{event.engine}", dtype=self._wire_dtype)
             try:
                 await one.push(tensors, weight_version=version)
             finally:

@@ -1,7 +1,8 @@
 """The PyTorch trainer: a transformers causal LM trained with the GRPO-family loss.
 
-One call of :meth:`TorchTrainer.train_rollout` consumes one rollout: the sequences are split into
-``num_steps_per_rollout`` optimizer steps of ``global_batch_size`` samples; each step packs its
+One call of :meth:`TorchTrainer.train_rollout` consumes one rollout: its samples are split into
+``num_steps_per_rollout`` optimizer steps of equal size (``global_batch_size`` samples each when
+no episode was left out; a few fewer when some were, never an untrained rest); each step packs its
 sequences into micro-batches (by token budget or by count), accumulates gradients with the loss
 weights of :func:`~agentrl.trainers.algorithms.loss_weights`, clips and steps AdamW.
 
@@ -19,6 +20,7 @@ whole batch.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -47,7 +49,8 @@ class TrainerConfig:
         lr_decay_style, lr_warmup_iters, lr_decay_iters, min_lr: the schedule of
             :mod:`agentrl.trainers.lr_schedule`, counted in optimizer steps.
         clip_grad: max global grad norm; 0 disables clipping.
-        global_batch_size: samples (trajectories) per optimizer step, over all ranks.
+        num_steps_per_rollout: optimizer steps per rollout; the samples of a rollout (however
+            many are left after excluded episodes) are split evenly over them.
         micro_batch_size: sequences per micro-batch when ``use_dynamic_batch_size`` is off.
         use_dynamic_batch_size: pack micro-batches by token budget instead of by count.
         max_tokens_per_gpu: the token budget of a micro-batch.
@@ -68,7 +71,7 @@ class TrainerConfig:
     lr_decay_iters: int = 1
     min_lr: float = 0.0
     clip_grad: float = 1.0
-    global_batch_size: int = 1
+    num_steps_per_rollout: int = 1
     micro_batch_size: int = 1
     use_dynamic_batch_size: bool = False
     max_tokens_per_gpu: int | None = None
@@ -78,6 +81,8 @@ class TrainerConfig:
     calculate_per_token_loss: bool = False
 
     def __post_init__(self) -> None:
+        if self.num_steps_per_rollout < 1:
+            raise ValueError(f"num_steps_per_rollout must be >= 1, got {self.num_steps_per_rollout}")
         if self.use_dynamic_batch_size and not self.max_tokens_per_gpu:
             raise ValueError("--use-dynamic-batch-size needs --max-tokens-per-gpu")
 
@@ -119,14 +124,14 @@ class TorchTrainer:
             sequences: this rank's sequences; ``sample_index`` runs over ``range(num_samples)``.
             num_samples: this rank's number of samples (trajectories) in the rollout.
         """
-        local_gbs = self.config.global_batch_size // self.world
-        steps = max(num_samples // max(local_gbs, 1), 1)
+        steps = self.config.num_steps_per_rollout  # the same on every rank: each step ends in collectives
+        per_step = max(math.ceil(num_samples / steps), 1)
         need_old = steps > 1
         old = self._logprobs(self.model, sequences) if need_old else None
         ref = self._logprobs(self.ref_model, sequences) if self.ref_model is not None else None
         totals: dict[str, float] = defaultdict(float)
         for step in range(steps):
-            chosen = [i for i, s in enumerate(sequences) if step * local_gbs <= s.sample_index < (step + 1) * local_gbs]
+            chosen = [i for i, s in enumerate(sequences) if step * per_step <= s.sample_index < (step + 1) * per_step]
             step_metrics = self._optimizer_step(
                 [sequences[i] for i in chosen],
                 old=[old[i] for i in chosen] if old else None,

@@ -51,7 +51,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    config = TrainerConfig(lr=1e-3, global_batch_size=SAMPLES, use_dynamic_batch_size=True, max_tokens_per_gpu=40,
+    config = TrainerConfig(lr=1e-3, use_dynamic_batch_size=True, max_tokens_per_gpu=40,
                            bf16=args.bf16, calculate_per_token_loss=args.per_token)
     trainer = TorchTrainer(args.model_dir, config, LossConfig(), device=device)
     share = SAMPLES // world

@@ -64,7 +64,7 @@ def padded_loss(model, seqs: list[TrainSequence], per_token: bool) -> torch.Tens
 @pytest.mark.parametrize("batching", [dict(micro_batch_size=1), dict(micro_batch_size=3), dict(use_dynamic_batch_size=True, max_tokens_per_gpu=40)])
 def test_packed_micro_batches_give_the_padded_loss_and_gradients(tiny_model_dir, per_token, batching, group):
     seqs = make_sequences(7, group=group)
-    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, global_batch_size=7, calculate_per_token_loss=per_token, **batching), LossConfig())
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, calculate_per_token_loss=per_token, **batching), LossConfig())
     metrics = trainer.accumulate_gradients(seqs)
     packed = grads(trainer.model)
 
@@ -111,7 +111,7 @@ def test_collate_stores_a_groups_prompt_once():
 
 def test_first_step_is_on_policy_ratio_one_and_kl_zero(tiny_model_dir):
     seqs = make_sequences(8)
-    cfg = TrainerConfig(bf16=False, global_batch_size=4, lr=1e-3)  # two optimizer steps: old log-probs are recomputed
+    cfg = TrainerConfig(bf16=False, num_steps_per_rollout=2, lr=1e-3)  # two optimizer steps: old log-probs are recomputed
     trainer = TorchTrainer(tiny_model_dir, cfg, LossConfig(use_kl_loss=True, kl_loss_coef=0.1, kl_loss_type="low_var_kl"))
     old = trainer.logprobs(seqs[:4])
     first = trainer.accumulate_gradients(seqs[:4], old=old, ref=trainer._logprobs(trainer.ref_model, seqs[:4]))
@@ -123,7 +123,7 @@ def test_first_step_is_on_policy_ratio_one_and_kl_zero(tiny_model_dir):
 
 def test_an_update_changes_the_weights_and_the_log_probs_of_good_samples_rise(tiny_model_dir):
     seqs = [TrainSequence(list(range(10, 20)), 5, [1] * 5, [0.0] * 5, [1.0] * 5, 0)]
-    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, global_batch_size=1, lr=1e-2, weight_decay=0.0), LossConfig())
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, lr=1e-2, weight_decay=0.0), LossConfig())
     before = trainer.logprobs(seqs)[0].sum()
     for _ in range(3):
         trainer.train_rollout(seqs, num_samples=1)
@@ -131,7 +131,7 @@ def test_an_update_changes_the_weights_and_the_log_probs_of_good_samples_rise(ti
 
 
 def test_bf16_autocast_keeps_fp32_master_weights(tiny_model_dir):
-    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=True, global_batch_size=2, lr=1e-3), LossConfig())
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=True, lr=1e-3), LossConfig())
     metrics = trainer.train_rollout(make_sequences(2), num_samples=2)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert metrics["train/grad_norm"] > 0
@@ -140,3 +140,19 @@ def test_bf16_autocast_keeps_fp32_master_weights(tiny_model_dir):
 def test_dynamic_batch_size_needs_a_token_budget():
     with pytest.raises(ValueError, match="--max-tokens-per-gpu"):
         TrainerConfig(use_dynamic_batch_size=True)
+
+
+def test_every_sample_is_trained_when_an_excluded_episode_leaves_a_short_rollout(tiny_model_dir, monkeypatch):
+    """2 optimizer steps of 32 planned; one episode left out: 63 samples, all in some step."""
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, num_steps_per_rollout=2, lr=1e-3), LossConfig())
+    seen: list[set[int]] = []
+    step = trainer._optimizer_step
+
+    def recording_step(sequences, **kw):
+        seen.append({s.sample_index for s in sequences})
+        return step(sequences, **kw)
+
+    monkeypatch.setattr(trainer, "_optimizer_step", recording_step)
+    metrics = trainer.train_rollout(make_sequences(63, seed=5), num_samples=63)
+    assert metrics["train/optimizer_steps"] == 2
+    assert [len(s) for s in seen] == [32, 31] and set().union(*seen) == set(range(63))
