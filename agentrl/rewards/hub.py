@@ -77,6 +77,7 @@ def make_reward_fn(rm_type: str | None = None, *, rm_url: str | None = None, cus
     if name not in TEXT_REWARDS:
         raise ConfigError(f"unknown --rm-type {rm_type!r}: use one of {sorted(TEXT_REWARDS)} (optionally boxed_...), remote, or --custom-rm-path")
     score = TEXT_REWARDS[name]
+    boxed = boxed and name != "math"  # Math-Verify reads the last \boxed{} itself: boxed_math is math
 
     async def text_reward(x: RewardInput) -> float:
         response = last_boxed(x.response) if boxed else x.response

@@ -38,7 +38,7 @@ def test_last_boxed_balances_braces():
 
 @pytest.mark.parametrize(
     ("rm_type", "response", "label", "reward"),
-    [("math", "so \\boxed{12}", "12", 1.0), ("exact_match", "Paris", "paris", 1.0), ("boxed_exact_match", "It is \\boxed{Paris}.", "Paris", 1.0),
+    [("math", "so \\boxed{12}", "12", 1.0), ("boxed_math", "so \\boxed{12}", "12", 1.0), ("exact_match", "Paris", "paris", 1.0), ("boxed_exact_match", "It is \\boxed{Paris}.", "Paris", 1.0),
      ("boxed_f1", "no box here", "Paris", 0.0), ("f1", "Paris France", "Paris", pytest.approx(2 / 3))],
 )
 async def test_rm_types(rm_type, response, label, reward):
