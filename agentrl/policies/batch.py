@@ -2,7 +2,10 @@
 
 :class:`DecodeBatch` is the synchronous core the engine's worker thread drives: each
 :meth:`DecodeBatch.step` drops stopped rows, prefills newly admitted requests into free KV-cache
-slots and decodes one token for every row; finished rows leave at once.
+slots and decodes one token for every row; finished rows leave at once. Work that depends on one
+request's input fails that request alone: a prefill group that raises fails its own requests
+(the rows already running keep their cache slots), a stop check that raises fails its row. Only
+the shared decode forward can fail a whole step.
 
 :func:`sample_next` picks one token per row from a ``[B, vocab]`` logits batch where every row
 has its own temperature, top-k, top-p and random stream, and reports each token's log-prob in the
@@ -20,6 +23,7 @@ kept), or the token budget.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Collection, Sequence
@@ -30,8 +34,11 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from agentrl.envs.core import FinishReason
+from agentrl.errors import PolicyError
 from agentrl.policies.base import GREEDY_TEMPERATURE, Generation, SamplingParams
 from agentrl.policies.decoder import LeanDecoder
+
+log = logging.getLogger(__name__)
 
 MIN_SHARED_TOKENS = 64
 """A prompt prefix common to a prefill group is computed once when that saves at least this
@@ -92,7 +99,8 @@ class Row:
         )
 
 
-Finished = list[tuple[Request, Generation]]
+Finished = list[tuple[Request, Generation | PolicyError]]
+"""Requests that left the batch, each with its result or the error that failed it alone."""
 
 
 class DecodeBatch:
@@ -110,14 +118,15 @@ class DecodeBatch:
     def step(self, admitted: Sequence[Request], version: int) -> tuple[Finished, int]:
         """Drop cancelled rows, prefill ``admitted``, decode one token for every row.
 
-        Returns the requests that finished (with their results) and the rows still running.
+        Returns the requests that finished (with their results, or the error that failed them
+        alone) and the rows still running. Raises only when the shared decode step fails.
         """
         done: Finished = []
         admitted = [r for r in admitted if not r.cancelled]
         with torch.inference_mode():
             self._drop_stopped(done)
             for group in prefill_groups(admitted, self.max_prefill_tokens):
-                self._prefill(group, version, done)
+                self._prefill_alone(group, version, done)
             if self.rows:
                 self._decode(done)
         if not self.rows:
@@ -141,6 +150,17 @@ class DecodeBatch:
             if not self.rows[i].request.cancelled:
                 done.append((self.rows[i].request, self.rows[i].result("abort")))
         self._remove(stopped)
+
+    def _prefill_alone(self, group: Sequence[Request], version: int, done: Finished) -> None:
+        """:meth:`_prefill`; if it raises, fail ``group``'s requests and forget their rows (the
+        slots they wrote are past the running rows', so those rows' cache is intact)."""
+        first = len(self.rows)
+        try:
+            self._prefill(group, version, done)
+        except Exception as e:
+            log.exception("the prefill of %d request(s) failed", len(group))
+            del self.rows[first:]
+            done.extend((request, _failure("its prefill", e)) for request in group)
 
     def _prefill(self, group: Sequence[Request], version: int, done: Finished) -> None:
         """Prefill ``group`` into the next free slots; a prefix common to all its prompts is
@@ -180,7 +200,13 @@ class DecodeBatch:
         for i, row, token, logprob in zip(indices, rows, tokens, logprobs):
             row.token_ids.append(token)
             row.logprobs.append(logprob)
-            stop = row.request.rule.check(row.token_ids, self.tokenizer)
+            try:
+                stop = row.request.rule.check(row.token_ids, self.tokenizer)
+            except Exception as e:
+                log.exception("checking a request's stop conditions failed")
+                done.append((row.request, _failure("checking its stop conditions", e)))
+                finished.append(i)
+                continue
             if stop is not None:
                 done.append((row.request, row.result(*stop)))
                 finished.append(i)
@@ -193,6 +219,13 @@ class DecodeBatch:
             if i < len(self.rows):
                 self.cache.move_row(len(self.rows), i, last.length)
                 self.rows[i] = last
+
+
+def _failure(what: str, cause: Exception) -> PolicyError:
+    """The error of one request that failed alone in a step."""
+    error = PolicyError(f"the embedded engine failed this request during {what}: {cause!r}")
+    error.__cause__ = cause
+    return error
 
 
 def prefill_groups(requests: Sequence[Request], max_tokens: int) -> list[list[Request]]:
@@ -359,7 +392,7 @@ class StopRule:
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids.update(eos_token_ids)
-        return cls(frozenset(stop_ids), tuple(s for s in params.stop if s), max_new_tokens)
+        return cls(frozenset(stop_ids), tuple(params.stop), max_new_tokens)
 
     def check(
         self, token_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase

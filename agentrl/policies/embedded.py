@@ -19,8 +19,9 @@ Guarantees:
   the tensors, so every request runs on one weight version (``Generation.weight_version``).
 * A cancelled caller's row is dropped from the batch; :meth:`EmbeddedEngine.abort` ends a request
   early with ``finish_reason="abort"`` and its partial tokens.
-* A failure inside a step fails the requests in the batch with :class:`PolicyError` (none hang);
-  the engine keeps serving new requests.
+* A failure that depends on one request's input (its prefill, its stop check) fails that request
+  alone with :class:`PolicyError`; a failure of the shared decode step fails the requests in the
+  batch (none hang). Either way the engine keeps serving new requests.
 """
 
 from __future__ import annotations
@@ -181,6 +182,11 @@ class EmbeddedEngine(Policy):
         return self._weight_version
 
     @property
+    def context_length(self) -> int:
+        """The model's ``max_position_embeddings``: prompt and output tokens of one request."""
+        return self._decoder.max_positions
+
+    @property
     def state(self) -> EngineState:
         return self._state
 
@@ -226,9 +232,10 @@ class EmbeddedEngine(Policy):
             if rid is not None:
                 self._rids.pop(rid, None)
 
-    def abort(self, rid: str) -> bool:
-        """End request ``rid`` now: its ``generate`` returns ``finish_reason="abort"`` with the
-        tokens sampled so far. Returns whether such a request was in flight."""
+    async def abort(self, rid: str) -> bool:
+        """End request ``rid`` now (see :meth:`Policy.abort`): a running request returns
+        ``finish_reason="abort"`` with the tokens sampled so far, a waiting one with none.
+        Returns whether such a request was in flight."""
         request = self._rids.get(rid)
         if request is None or request.future.done():
             return False
@@ -262,7 +269,8 @@ class EmbeddedEngine(Policy):
 
     async def aclose(self) -> None:
         """Stop the loop: running requests return ``"abort"`` with their partial tokens, waiting
-        ones ``"abort"`` with none, pending weight updates fail. Safe to call twice."""
+        ones ``"abort"`` with none, pending weight updates fail. Returns once the worker thread
+        has finished what it was given, without blocking the event loop. Safe to call twice."""
         if self._state is EngineState.CLOSED:
             return
         self._state = EngineState.CLOSED
@@ -271,7 +279,8 @@ class EmbeddedEngine(Policy):
             assert self._wakeup is not None
             self._wakeup.set()
             await task
-        self._executor.shutdown(wait=True)
+        await asyncio.wrap_future(self._executor.submit(lambda: None))  # after any step still running
+        self._executor.shutdown(wait=False)
 
     def _new_request(
         self, input_ids: Sequence[int], sampling: SamplingParams, rid: str | None
@@ -457,10 +466,14 @@ def _settle(future: asyncio.Future[None], error: BaseException | None = None) ->
 
 
 def _resolve(done: Finished) -> None:
-    for request, generation in done:
+    for request, outcome in done:
         future = cast(_Request, request).future
-        if not future.done():
-            future.set_result(generation)
+        if future.done():
+            continue
+        if isinstance(outcome, PolicyError):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

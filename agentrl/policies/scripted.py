@@ -49,3 +49,8 @@ class ScriptedPolicy(Policy):
             ids = ids + [self.tokenizer.eos_token_id]
             matched = self.tokenizer.eos_token_id
         return Generation(ids, [self.logprob] * len(ids), finish, matched_stop=matched)
+
+    async def abort(self, rid: str) -> bool:
+        """Aborts nothing: a scripted reply is complete the moment it is asked for, so no request
+        is ever in flight. Returns False."""
+        return False

@@ -26,7 +26,8 @@ given), each retry under a fresh rid (``<rid>~<attempt>``) because the engine ma
 old one. A connection lost mid-request is such a fault: the request is retried or, after
 ``attempts`` tries, raises :class:`~agentrl.errors.PolicyError`; a partial generation is never
 returned as complete. Any other 4xx, and a malformed answer, raise ``PolicyError`` at once with the
-server's reason.
+server's reason. A cancelled :meth:`~SGLangPolicy.generate` posts an abort for its request before it
+re-raises, so the engine does not keep generating for nobody (best effort, as :meth:`~SGLangPolicy.abort`).
 """
 
 from __future__ import annotations
@@ -166,6 +167,9 @@ class SGLangPolicy(Policy):
                 except _Transient as e:
                     await self._after_failure(flight, e, attempt)
                     continue
+                except asyncio.CancelledError:  # the engine would run on for nobody: abort it there
+                    await self._post_abort(flight.url, flight.wire_rid)
+                    raise
                 generation, newest = parse_generation(reply, stop=sampling.stop)
                 if newest is not None:
                     self._weight_version = newest
@@ -175,8 +179,9 @@ class SGLangPolicy(Policy):
         raise AssertionError("unreachable")
 
     async def abort(self, rid: str) -> bool:
-        """Abort request ``rid``: its :meth:`generate` returns ``finish_reason="abort"`` with the
-        tokens sampled so far. Returns whether ``rid`` was in flight on this client.
+        """Abort request ``rid`` (see :meth:`Policy.abort`): its :meth:`generate` returns
+        ``finish_reason="abort"`` with the tokens sampled so far. Returns whether ``rid`` was in
+        flight on this client.
 
         Posts ``/abort_request`` to the engine holding it; through a router (which has no such
         route) to every worker it lists at ``GET /workers``. SGLang aborts every request whose rid
@@ -260,7 +265,7 @@ class SGLangPolicy(Policy):
                     workers = (await response.json(content_type=None)).get("workers", [])
                 for worker in workers:
                     await self._post_json(f"{worker['url'].rstrip('/')}/abort_request", {"rid": wire_rid})
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError, KeyError, TypeError) as e:
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError, KeyError, TypeError, PolicyError) as e:
             log.warning("could not abort request %s at %s: %s: %s", wire_rid, url, type(e).__name__, e)
 
     async def _post_json(self, url: str, body: dict[str, Any]) -> int:

@@ -3,13 +3,12 @@
 Episodes played with an :class:`Interrupt` send their ``generate`` calls through
 :meth:`Interrupt.generate`. After :meth:`Interrupt.abort`:
 
-* each request in flight is aborted at its engine by request id (``policy.abort(rid)``, which
-  :class:`~agentrl.policies.embedded.EmbeddedEngine` has as a plain method and
-  :class:`~agentrl.policies.sglang.SGLangPolicy` as a coroutine): it returns ``finish_reason="abort"``
-  with the tokens sampled so far;
-* a request whose policy has no ``abort``, or that its engine does not hold yet, is cancelled
-  instead (its ``generate`` coroutine gets ``CancelledError``) and answers ``"abort"`` with no
-  tokens;
+* each request in flight is aborted at its engine by request id (``await policy.abort(rid)``, see
+  :meth:`~agentrl.policies.base.Policy.abort`): it returns ``finish_reason="abort"`` with the tokens
+  sampled so far;
+* a request whose policy cannot abort (:attr:`~agentrl.policies.base.Policy.can_abort`), or that
+  its engine does not hold yet, is cancelled instead (its ``generate`` coroutine gets
+  ``CancelledError``) and answers ``"abort"`` with no tokens;
 * every later request answers ``"abort"`` at once, with no tokens, without reaching the engine.
 
 The runner then ends each such episode as ``abort``, or with ``keep_partial`` suspends it (env kept
@@ -19,7 +18,6 @@ open, tokens kept) so that partial rollout can resume it in a later step.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Sequence
 
@@ -75,12 +73,10 @@ class Interrupt:
 
 async def _engine_abort(policy: Policy, rid: str) -> bool:
     """Abort ``rid`` at its engine, keeping its partial tokens; False where that is not possible."""
-    abort = getattr(policy, "abort", None)
-    if abort is None:
+    if not policy.can_abort:
         return False
     try:
-        result = abort(rid)
-        return bool(await result) if inspect.isawaitable(result) else bool(result)
+        return await policy.abort(rid)
     except Exception as e:  # the request is cancelled instead; the rollout goes on
         log.warning("could not abort request %s at the engine (%s: %s); cancelling it", rid, type(e).__name__, e)
         return False

@@ -1,9 +1,11 @@
-"""Reading the JSON bodies of the control and weight endpoints: every field typed and named.
+"""Reading JSON request bodies: every field typed and named, for every endpoint.
 
-Each endpoint declares its fields (SGLang's names and defaults) as a table of :class:`Field`.
-:func:`parse_body` returns the values with defaults filled in, or raises :class:`BadRequest`
-naming the endpoint and the field that is missing, mistyped or unknown; the handlers answer
-that with a 400.
+Each endpoint declares its fields (SGLang's names and defaults) as a table of :class:`Field`
+(``/generate``'s tables are in :mod:`agentrl.serving.generate_request`). :func:`parse_body`
+returns the values with defaults filled in, or raises :class:`BadRequest` naming the endpoint and
+the field that is missing, mistyped, unknown, set to an option this server does not implement,
+or holding an entry of the wrong type; the handlers answer that with a 400. Ranges and other
+rules between values are checked where the values are used (e.g. ``SamplingParams``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from agentrl.policies.base import describe_value
 
 
 class BadRequest(ValueError):
@@ -25,22 +29,30 @@ REQUIRED: Any = object()
 
 @dataclass(frozen=True)
 class Field:
-    """One body field: the JSON types it accepts and its default (``REQUIRED`` if none).
+    """One body field.
 
-    ``null`` stands for the default when the default is ``None``; ``bool`` never passes as
-    ``int``.
+    Attributes:
+        types: the JSON types it accepts (``float`` accepts integers too; ``bool`` never passes
+            as ``int``).
+        default: its value when absent or ``null``; ``REQUIRED`` if it must be given.
+        items: the JSON types of its entries when the value is a list (``None``: unchecked).
+        neutral: an option this server does not implement, accepted only at its default (the
+            value that changes nothing).
     """
 
     types: type | tuple[type, ...]
     default: Any = REQUIRED
+    items: type | tuple[type, ...] | None = None
+    neutral: bool = False
 
 
 def parse_body(body: Any, fields: Mapping[str, Field], *, endpoint: str) -> dict[str, Any]:
-    """The body's fields with defaults filled in.
+    """The body's fields with defaults filled in (``null`` is the default).
 
     Raises:
-        BadRequest: ``body`` is not an object, a required field is missing, a field has the
-            wrong type, or the body has a field the endpoint does not know.
+        BadRequest: ``body`` is not an object, a required field is missing, a field or one of its
+            entries has the wrong type, a neutral field is set to anything but its default, or
+            the body has a field the endpoint does not know.
     """
     if not isinstance(body, dict):
         raise BadRequest(f"{endpoint}: the body must be a JSON object, got {type(body).__name__}")
@@ -50,15 +62,25 @@ def parse_body(body: Any, fields: Mapping[str, Field], *, endpoint: str) -> dict
     values: dict[str, Any] = {}
     for name, field in fields.items():
         value = body.get(name)
-        if value is None and (name not in body or field.default is None):
+        if value is None:
             if field.default is REQUIRED:
                 raise BadRequest(f"{endpoint}: '{name}' is required")
-            values[name] = field.default
-        elif not _has_type(value, field.types):
-            raise BadRequest(f"{endpoint}: '{name}' must be {_type_names(field.types)}, got {type(value).__name__} {value!r:.80}")
+            value = field.default
         else:
-            values[name] = value
+            _check_value(value, field, f"{endpoint}: '{name}'")
+        values[name] = value
     return values
+
+
+def _check_value(value: Any, field: Field, where: str) -> None:
+    if not _has_type(value, field.types):
+        raise BadRequest(f"{where} must be {_type_names(field.types)}, got {describe_value(value)}")
+    if field.items is not None and isinstance(value, list):
+        for entry in value:
+            if not _has_type(entry, field.items):
+                raise BadRequest(f"{where} entries must be {_type_names(field.items, plural=True)}, got {describe_value(entry)}")
+    if field.neutral and value != field.default:
+        raise BadRequest(f"{where} is not supported by this server (only its default, {field.default!r}); got {describe_value(value)}")
 
 
 async def read_json(request: web.Request, *, endpoint: str, empty_ok: bool = False) -> Any:
@@ -104,7 +126,11 @@ def _has_type(value: Any, types: type | tuple[type, ...]) -> bool:
     return isinstance(value, allowed)
 
 
-def _type_names(types: type | tuple[type, ...]) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+def _type_names(types: type | tuple[type, ...], *, plural: bool = False) -> str:
+    names = PLURAL_NAMES if plural else TYPE_NAMES
     allowed = types if isinstance(types, tuple) else (types,)
     return " or ".join(names.get(t, t.__name__) for t in allowed)
+
+
+TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+PLURAL_NAMES = {bool: "booleans", int: "integers", float: "numbers", str: "strings", list: "lists", dict: "objects"}

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +29,7 @@ from aiohttp import web
 from agentrl import __version__
 from agentrl.policies.base import Policy
 from agentrl.serving.bodies import BadRequest, Field, bad_request, parse_body, read_json
-from agentrl.serving.gate import RequestGate
+from agentrl.serving.gate import RequestGate, abort_requests
 
 PAUSE_MODES = ("abort", "retract", "in_place")
 
@@ -70,15 +71,13 @@ class ControlAPI:
             mode = body["mode"]
             if mode not in PAUSE_MODES:
                 raise BadRequest(f"pause_generation: 'mode' must be one of {', '.join(PAUSE_MODES)}, got {mode!r}")
-            abort = getattr(self.policy, "abort", None)
-            if mode == "abort" and abort is None:
+            if mode == "abort" and not self.policy.can_abort:
                 raise BadRequest(f"pause_generation: {type(self.policy).__name__} cannot abort requests; use mode 'retract'")
         except BadRequest as e:
             return bad_request(str(e))
         self.gate.pause()
-        if mode == "abort" and abort is not None:
-            for rid in list(self.gate.in_flight):
-                abort(rid)
+        if mode == "abort":
+            await abort_requests(self.policy, list(self.gate.in_flight))
         return web.json_response({"message": f"Generation paused successfully (mode {mode}).", "status": "ok"})
 
     async def continue_generation(self, request: web.Request) -> web.Response:
@@ -88,6 +87,6 @@ class ControlAPI:
         except BadRequest as e:
             return bad_request(str(e))
         if body["torch_empty_cache"] and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            await asyncio.to_thread(torch.cuda.empty_cache)  # waits for the device: off the event loop
         self.gate.resume()
         return web.json_response({"message": "Generation continued successfully.", "status": "ok"})

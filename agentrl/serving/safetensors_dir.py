@@ -46,15 +46,20 @@ def write_safetensors_dir(
 
 
 def safetensors_files(directory: Path) -> list[Path]:
-    """The ``*.safetensors`` files of ``directory``, sorted.
+    """The ``*.safetensors`` files of ``directory``, sorted. Nothing is opened: a FIFO or a
+    device named ``*.safetensors`` (whose reading could block forever) is refused.
 
     Raises:
-        ValueError: ``directory`` is not a directory or holds no safetensors file (the message
-            names the pickle files it holds, which are never loaded).
+        ValueError: ``directory`` is not a directory, holds no safetensors file (the message
+            names the pickle files it holds, which are never loaded), or one of them is not a
+            regular file.
     """
     if not directory.is_dir():
         raise ValueError(f"{directory} is not a directory")
     files = sorted(directory.glob("*.safetensors"))
+    irregular = [path for path in files if not path.is_file()]
+    if irregular:
+        raise ValueError(f"{irregular[0]} is not a regular file; only regular *.safetensors files are read")
     if files:
         return files
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)

@@ -8,17 +8,18 @@ server or sglang-router (slime's generate functions, for one) runs against the e
   ``return_logprob``, ``rid``. Each item comes back as ``{"text", "output_ids", "meta_info"}``
   with ``finish_reason`` ``{"type": "stop", "matched": ...}``, ``{"type": "length", "length": N}``
   or ``{"type": "abort", ...}``, and ``output_token_logprobs`` as ``[logprob, token_id, None]``.
+  The body is checked whole before anything is generated
+  (:mod:`agentrl.serving.generate_request`): a bad one gets a 400 naming the field. The items of a
+  batch run together; the first that fails cancels the others (their engine rows are dropped) and
+  the request answers 500 with its reason.
 * ``GET /health``, ``GET /health_generate`` (a one-token generation), ``GET /get_model_info``,
-  ``GET /get_weight_version``, ``POST /abort_request``.
+  ``GET /get_weight_version``, ``POST /abort_request`` ``{"rid"}`` or ``{"abort_all": true}``.
 * The control endpoints (:mod:`agentrl.serving.control`: server info, cache flush, pause and
   continue) and the weight updates (:mod:`agentrl.serving.weights`: from disk, over a
   ``torch.distributed`` group). While generation is paused or weights load, new ``/generate``
   requests wait (:class:`~agentrl.serving.gate.RequestGate`).
 
-Sampling options the policy cannot honour (penalties, ``min_p``, ``n`` > 1, constrained
-decoding, streaming) are refused with a 400 that names them, never silently ignored.
-Detokenisation-only options (``skip_special_tokens``, ``no_stop_trim``,
-``spaces_between_special_tokens``) are honoured or harmless.
+Errors are SGLang's ``{"error": {"message": ...}}``.
 """
 
 from __future__ import annotations
@@ -33,46 +34,17 @@ from transformers import PreTrainedTokenizerBase
 
 from agentrl.errors import PolicyError
 from agentrl.policies.base import Generation, Policy, SamplingParams
-from agentrl.serving.bodies import BadRequest
+from agentrl.serving.bodies import BadRequest, Field, bad_request, parse_body, read_json
 from agentrl.serving.control import ControlAPI
-from agentrl.serving.gate import RequestGate
+from agentrl.serving.gate import RequestGate, abort_requests
+from agentrl.serving.generate_request import GenerateItem, GenerateRequest, parse_generate
 from agentrl.serving.weights import WeightsAPI
 
-SAMPLING_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "stop", "stop_token_ids", "ignore_eos", "sampling_seed"}
-TEXT_ONLY_KEYS = {"skip_special_tokens", "no_stop_trim", "spaces_between_special_tokens", "stream_interval", "custom_params"}
-NEUTRAL_VALUES = {"min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0, "min_new_tokens": 0, "n": 1}
-UNSUPPORTED_REQUEST_KEYS = ("stream", "input_embeds", "lora_path", "return_hidden_states", "image_data")
-
-
-def sampling_from_sglang(params: dict[str, Any]) -> SamplingParams:
-    """:class:`SamplingParams` from SGLang's ``sampling_params`` dict (SGLang's defaults)."""
-    if not isinstance(params, dict):
-        raise BadRequest(f"sampling_params must be an object, got {type(params).__name__}")
-    refused = sorted(
-        k for k, v in params.items()
-        if k not in SAMPLING_KEYS | TEXT_ONLY_KEYS and v is not None and not (k in NEUTRAL_VALUES and v == NEUTRAL_VALUES[k])
-    )
-    if refused:
-        raise BadRequest(f"sampling_params {', '.join(refused)} are not supported by this server")
-    stop = params.get("stop") or ()
-    try:
-        return SamplingParams(
-            max_new_tokens=int(params.get("max_new_tokens", 128)),
-            temperature=float(params.get("temperature", 1.0)),
-            top_p=float(params.get("top_p", 1.0)),
-            top_k=int(params.get("top_k", -1)),
-            stop=(stop,) if isinstance(stop, str) else tuple(stop),
-            stop_token_ids=tuple(params.get("stop_token_ids") or ()),
-            ignore_eos=bool(params.get("ignore_eos", False)),
-            seed=params.get("sampling_seed"),
-        )
-    except (TypeError, ValueError) as e:
-        raise BadRequest(f"sampling_params: {e}") from e
+ABORT_FIELDS = {"rid": Field(str, None), "abort_all": Field(bool, False)}
 
 
 def generation_to_sglang(
-    generation: Generation, *, rid: str, prompt_tokens: int, tokenizer: PreTrainedTokenizerBase,
-    params: dict[str, Any], return_logprob: bool,
+    generation: Generation, item: GenerateItem, *, tokenizer: PreTrainedTokenizerBase, return_logprob: bool,
 ) -> dict[str, Any]:
     """One ``/generate`` response item, shaped as SGLang's."""
     if generation.finish_reason == "stop":
@@ -81,12 +53,12 @@ def generation_to_sglang(
         finish = {"type": "length", "length": len(generation.token_ids)}
     else:
         finish = {"type": "abort", "message": "aborted", "status_code": 200, "err_type": None}
-    text = tokenizer.decode(generation.token_ids, skip_special_tokens=params.get("skip_special_tokens", True))
+    text = tokenizer.decode(generation.token_ids, skip_special_tokens=item.skip_special_tokens)
     matched = generation.matched_stop
-    if isinstance(matched, str) and not params.get("no_stop_trim", False) and text.endswith(matched):
+    if isinstance(matched, str) and not item.no_stop_trim and text.endswith(matched):
         text = text[: -len(matched)]
     meta: dict[str, Any] = {
-        "id": rid, "finish_reason": finish, "prompt_tokens": prompt_tokens,
+        "id": item.rid, "finish_reason": finish, "prompt_tokens": len(item.input_ids),
         "completion_tokens": len(generation.token_ids), "cached_tokens": 0,
         "weight_version": str(generation.weight_version),
     }
@@ -118,61 +90,42 @@ class SGLangAPI:
             web.post("/abort_request", self.abort_request),
             *self.control.routes(), *self.weights.routes(),
         ])
-        app.on_cleanup.append(lambda _: self.weights.aclose())
+        app.on_shutdown.append(self._on_shutdown)
+        app.on_cleanup.append(self._on_cleanup)
         return app
+
+    async def _on_shutdown(self, _: web.Application) -> None:
+        self.weights.shutdown()
+
+    async def _on_cleanup(self, _: web.Application) -> None:
+        await self.weights.aclose()
 
     async def generate(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
-            items, batched = self._items(body)
-        except (BadRequest, ValueError) as e:
-            return web.json_response({"error": {"message": str(e)}}, status=400)
-        try:
-            outputs = await asyncio.gather(*(self._one(*item, return_logprob=bool(body.get("return_logprob"))) for item in items))
+            parsed = parse_generate(await read_json(request, endpoint="generate"), tokenizer=self.tokenizer,
+                                    context_length=self.policy.context_length, new_rid=lambda: f"agentrl-{next(self._ids)}")
+            with self.gate.claimed([item.rid for item in parsed.items]):
+                outputs = await self._answer(parsed)
+        except BadRequest as e:
+            return bad_request(str(e))
         except PolicyError as e:
             return web.json_response({"error": {"message": str(e)}}, status=500)
-        return web.json_response(outputs if batched else outputs[0])
+        return web.json_response(outputs if parsed.batched else outputs[0])
 
-    def _items(self, body: dict[str, Any]) -> tuple[list[tuple[list[int], str, dict[str, Any], SamplingParams]], bool]:
-        """``[(input_ids, rid, sampling_params, parsed), ...]`` and whether the request was a batch."""
-        for key in UNSUPPORTED_REQUEST_KEYS:
-            if body.get(key):
-                raise BadRequest(f"{key!r} is not supported by this server")
-        if ("text" in body) == ("input_ids" in body):
-            raise BadRequest("give exactly one of 'text' and 'input_ids'")
-        if "text" in body:
-            texts = body["text"]
-            batched = isinstance(texts, list)
-            prompts = [self.tokenizer.encode(t, add_special_tokens=False) for t in (texts if batched else [texts])]
-        else:
-            ids = body["input_ids"]
-            if not isinstance(ids, list) or not ids:
-                raise BadRequest("'input_ids' must be a non-empty list of token ids (or of lists)")
-            batched = isinstance(ids[0], list)
-            prompts = ids if batched else [ids]
-        vocab = len(self.tokenizer)
-        for prompt in prompts:
-            if not prompt or not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
-                raise BadRequest(f"input_ids must be non-empty lists of ints in [0, {vocab})")
-        params = body.get("sampling_params") or {}
-        per_item = params if isinstance(params, list) else [params] * len(prompts)
-        if len(per_item) != len(prompts):
-            raise BadRequest(f"{len(per_item)} sampling_params for {len(prompts)} inputs")
-        rid = body.get("rid")
-        if isinstance(rid, list):
-            rids = rid
-        elif rid is not None:
-            rids = [f"{rid}_{i}" for i in range(len(prompts))] if batched else [rid]
-        else:
-            rids = [f"agentrl-{next(self._ids)}" for _ in prompts]
-        return [(ids, rid, params, sampling_from_sglang(params)) for ids, rid, params in zip(prompts, rids, per_item)], batched
+    async def _answer(self, parsed: GenerateRequest) -> list[dict[str, Any]]:
+        """Every item's answer, generated together. The first item that fails cancels the
+        others (a cancelled ``generate`` drops its engine row) and its error is raised."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._one(item, return_logprob=parsed.return_logprob)) for item in parsed.items]
+        except* PolicyError as failed:
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
 
-    async def _one(self, input_ids: list[int], rid: str, params: dict[str, Any], sampling: SamplingParams, *, return_logprob: bool) -> dict[str, Any]:
-        async with self.gate.admit(rid):
-            generation = await self.policy.generate(input_ids, sampling, rid=rid)
-        return generation_to_sglang(generation, rid=rid, prompt_tokens=len(input_ids), tokenizer=self.tokenizer, params=params, return_logprob=return_logprob)
+    async def _one(self, item: GenerateItem, *, return_logprob: bool) -> dict[str, Any]:
+        async with self.gate.admit(item.rid):
+            generation = await self.policy.generate(item.input_ids, item.sampling, rid=item.rid)
+        return generation_to_sglang(generation, item, tokenizer=self.tokenizer, return_logprob=return_logprob)
 
     async def health(self, _: web.Request) -> web.Response:
         return web.Response(text="")
@@ -193,17 +146,17 @@ class SGLangAPI:
         return web.json_response({"weight_version": str(self.policy.weight_version)})
 
     async def abort_request(self, request: web.Request) -> web.Response:
+        """``{"rid"}`` aborts that request, ``{"abort_all": true}`` every request in flight."""
+        endpoint = "abort_request"
         try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            return web.json_response({"error": {"message": "the body must be JSON: {\"rid\": ...} or {\"abort_all\": true}"}}, status=400)
-        abort = getattr(self.policy, "abort", None)
-        if abort is None:
-            return web.json_response({"error": {"message": f"{type(self.policy).__name__} cannot abort requests"}}, status=400)
-        for rid in list(self.gate.in_flight) if body.get("abort_all") else [body.get("rid")] if body.get("rid") else []:
-            abort(rid)
+            body = parse_body(await read_json(request, endpoint=endpoint), ABORT_FIELDS, endpoint=endpoint)
+            if body["rid"] is None and not body["abort_all"]:
+                raise BadRequest(f"{endpoint}: give 'rid' or 'abort_all': true")
+            if not self.policy.can_abort:
+                raise BadRequest(f"{endpoint}: {type(self.policy).__name__} cannot abort requests")
+        except BadRequest as e:
+            return bad_request(str(e))
+        await abort_requests(self.policy, list(self.gate.in_flight) if body["abort_all"] else [body["rid"]])
         return web.Response(text="")
 
 

@@ -23,6 +23,11 @@ for a distributed update the tensors are still received, keeping the collective 
 While weights load, new ``/generate`` requests wait (:class:`~agentrl.serving.gate.RequestGate`)
 and the policy lets running ones finish first, so no request runs on a mix of versions.
 ``weight_version`` is a string in SGLang; agentrl's engines keep integers, so it must spell one.
+The directory is listed and its headers read off the event loop; anything but a regular file
+named ``*.safetensors`` (a FIFO, a device) is refused with a 400 before it is opened. Collectives
+run on a daemon thread (:class:`~agentrl.serving.daemon_worker.DaemonWorker`): when the server
+stops, requests still waiting on one (a join whose peer never comes) are answered at once and the
+call is abandoned, so SIGTERM stops the server promptly.
 The CUDA-graph, cache and memory options SGLang has (``flush_cache``, ``torch_empty_cache``,
 ``recapture_cuda_graph``, ``token_step``) are accepted and have nothing to act on here.
 """
@@ -32,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
-from concurrent.futures import ThreadPoolExecutor
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +55,11 @@ from agentrl.serving.bodies import (
     parse_weight_version,
     read_json,
 )
-from agentrl.serving.gate import RequestGate
+from agentrl.serving.daemon_worker import DaemonWorker
+from agentrl.serving.gate import RequestGate, abort_requests
 from agentrl.serving.safetensors_dir import iter_tensors, read_shapes, safetensors_files
+
+log = logging.getLogger(__name__)
 
 GROUP = "weight_update_group"
 DISK_FIELDS = {
@@ -72,17 +80,20 @@ DISTRIBUTED_FIELDS = {
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DISK_FORMATS = (None, "auto", "safetensors")
 JOIN_TIMEOUT = datetime.timedelta(minutes=10)
+LEAVE_TIMEOUT_S = 10.0
+"""How long closing waits to leave each group; past it the group is abandoned with the process."""
+SHUTTING_DOWN = "the server is shutting down"
 
 
 class WeightsAPI:
-    """The weight handlers. Collectives run on one worker thread of their own, so the event loop
-    keeps serving while a group rendezvous or a broadcast blocks; :meth:`aclose` leaves every
-    group and stops that thread."""
+    """The weight handlers. Collectives run on one daemon thread of their own, so the event loop
+    keeps serving while a group rendezvous or a broadcast blocks; :meth:`shutdown` answers the
+    requests waiting on one, :meth:`aclose` leaves every group and stops that thread."""
 
     def __init__(self, policy: Policy, gate: RequestGate) -> None:
         self.policy, self.gate = policy, gate
         self.groups: dict[str, process_group.WeightUpdateGroup] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrl-weight-group")
+        self._collectives = DaemonWorker("agentrl-weight-group")
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -97,11 +108,10 @@ class WeightsAPI:
         try:
             body = parse_body(await read_json(request, endpoint="update_weights_from_disk"), DISK_FIELDS, endpoint="update_weights_from_disk")
             version = parse_weight_version(body["weight_version"], endpoint="update_weights_from_disk")
-            files = _disk_files(body)
-            _check_shapes(self.policy, _disk_shapes(files), endpoint="update_weights_from_disk")
+            files = await asyncio.to_thread(self._checked_disk_files, body)
         except BadRequest as e:
             return _failure(str(e), num_paused_requests=0)
-        self._abort_all(body["abort_all_requests"])
+        await self._abort_all(body["abort_all_requests"])
         async with self.gate.updating():
             error = await self._load(iter_tensors(files), version)
             paused = self.gate.waiting
@@ -122,7 +132,7 @@ class WeightsAPI:
             process_group.join, master_address=body["master_address"], master_port=body["master_port"], rank=body["rank_offset"],
             world_size=body["world_size"], group_name=body["group_name"], backend=body["backend"], timeout=JOIN_TIMEOUT)
         try:
-            group = await asyncio.get_running_loop().run_in_executor(self._executor, join)
+            group = await self._collectives.run(join)
         except Exception as e:  # noqa: BLE001 - a rendezvous or backend failure, reported to the caller as SGLang does
             return _failure(f"init_weights_update_group: joining {body['group_name']!r} failed: {e}")
         self.groups[group.name] = group
@@ -139,7 +149,7 @@ class WeightsAPI:
                 raise BadRequest(f"{endpoint}: 'load_format' {body['load_format']!r} is not supported; omit it")
         except BadRequest as e:
             return _failure(str(e))
-        self._abort_all(body["abort_all_requests"])
+        await self._abort_all(body["abort_all_requests"])
         async with self.gate.updating():
             error = await self._receive_and_load(group, specs, version)
         if error:
@@ -153,7 +163,7 @@ class WeightsAPI:
             group = self._group(body["group_name"], endpoint=endpoint)
         except BadRequest as e:
             return _failure(str(e))
-        await asyncio.get_running_loop().run_in_executor(self._executor, group.destroy)
+        await self._collectives.run(group.destroy)
         del self.groups[group.name]
         return web.json_response({"success": True, "message": f"Left {group.name!r}."})
 
@@ -165,20 +175,37 @@ class WeightsAPI:
             version = parse_weight_version(body["new_version"], endpoint=endpoint, field="new_version")
         except BadRequest as e:
             return _failure(str(e))
-        self._abort_all(body["abort_all_requests"])
+        await self._abort_all(body["abort_all_requests"])
         async with self.gate.updating():
             error = await self._load([], version)
         if error:
             return _failure(error)
         return web.json_response({"success": True, "message": f"Weight version updated to {version}", "new_version": str(version)})
 
+    def shutdown(self) -> None:
+        """The server is stopping: requests waiting on a collective (a join, a broadcast) fail
+        now with a message saying so, instead of holding the shutdown until their peers come."""
+        self._collectives.fail_waiting(RuntimeError(SHUTTING_DOWN))
+
     async def aclose(self) -> None:
-        """Leave every group and stop the collective thread; safe to call twice."""
-        loop = asyncio.get_running_loop()
+        """Leave every group (waiting at most ``LEAVE_TIMEOUT_S`` each: a collective thread still
+        blocked on absent peers is abandoned) and stop the collective thread; safe to call twice."""
+        self.shutdown()
         for group in list(self.groups.values()):
-            await loop.run_in_executor(self._executor, group.destroy)
+            try:
+                await asyncio.wait_for(self._collectives.run(group.destroy), LEAVE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("could not leave weight update group %r within %.0fs (a collective is still waiting for its "
+                            "peers); abandoning it", group.name, LEAVE_TIMEOUT_S)
         self.groups.clear()
-        self._executor.shutdown(wait=True)
+        self._collectives.close()
+
+    def _checked_disk_files(self, body: dict[str, Any]) -> list[Path]:
+        """The safetensors files of ``model_path``, their names and shapes checked against the
+        model (file system work: run it off the event loop)."""
+        files = _disk_files(body)
+        _check_shapes(self.policy, _disk_shapes(files), endpoint="update_weights_from_disk")
+        return files
 
     def _check_init(self, body: dict[str, Any]) -> None:
         endpoint = "init_weights_update_group"
@@ -201,11 +228,11 @@ class WeightsAPI:
                              "call /init_weights_update_group first")
         return self.groups[name]
 
-    def _abort_all(self, requested: bool) -> None:
-        abort = getattr(self.policy, "abort", None)
-        if requested and abort is not None:
-            for rid in list(self.gate.in_flight):
-                abort(rid)
+    async def _abort_all(self, requested: bool) -> None:
+        """``abort_all_requests``: abort the requests in flight. A policy that cannot abort lets
+        them finish first instead (the update waits for them either way)."""
+        if requested and self.policy.can_abort:
+            await abort_requests(self.policy, list(self.gate.in_flight))
 
     async def _receive_and_load(self, group: process_group.WeightUpdateGroup, specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
                                 version: int | None) -> str | None:
@@ -218,7 +245,7 @@ class WeightsAPI:
             refused = str(e)
         device = _engine_device(self.policy) if group.backend == "nccl" else torch.device("cpu")
         try:
-            tensors = await asyncio.get_running_loop().run_in_executor(self._executor, _receive, group, specs, device)
+            tensors = await self._collectives.run(functools.partial(_receive, group, specs, device))
         except Exception as e:  # noqa: BLE001 - a collective failure (peer gone, timeout)
             return f"update_weights_from_distributed: receiving from {group.name!r} failed: {e}"
         return refused or await self._load(zip([name for name, _, _ in specs], tensors), version)

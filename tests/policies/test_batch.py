@@ -84,7 +84,7 @@ def test_a_seeded_row_draws_the_same_tokens_whatever_its_neighbours():
 
 def test_stop_rule_precedence_and_matches(tokenizer):
     rule = StopRule.from_params(
-        SamplingParams(stop=("sea", ""), stop_token_ids=(42,)), eos_token_ids=[2], max_new_tokens=4
+        SamplingParams(stop=("sea",), stop_token_ids=(42,)), eos_token_ids=[2], max_new_tokens=4
     )
     assert rule.check([5, 42], tokenizer) == ("stop", 42)
     assert rule.check([5, 2], tokenizer) == ("stop", 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
 from agentrl.errors import PolicyError
 from agentrl.policies.base import Generation, SamplingParams
+from agentrl.policies.batch import StopRule
 from agentrl.policies.embedded import EmbeddedEngine
 
 ATOL = 1e-4  # fp32 log-probs
@@ -151,6 +153,7 @@ async def test_context_length_rejects_long_prompts_and_clamps_the_budget(tokeniz
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=24,
     )
     async with EmbeddedEngine(AutoModelForCausalLM.from_config(config), tokenizer) as small:
+        assert small.context_length == 24
         with pytest.raises(PolicyError, match="the prompt has 25 tokens but the model's context is 24"):
             await small.generate([5] * 25, SamplingParams())
         got = await small.generate([5] * 20, SamplingParams(max_new_tokens=100, ignore_eos=True))
@@ -219,10 +222,11 @@ async def test_abort_returns_the_partial_turn(engine, prompts):
     await _until(lambda: engine.num_running == 1)
     with pytest.raises(PolicyError, match="'r1' is already in flight"):
         await engine.generate(prompts[1], SamplingParams(), rid="r1")
-    assert engine.abort("r1")
+    assert await engine.abort("r1") is True
     got = await task
     assert got.finish_reason == "abort" and 0 < len(got.token_ids) < 500
-    assert not engine.abort("r1")
+    assert await engine.abort("r1") is False
+    assert await engine.abort("never-sent") is False
 
 
 async def test_a_failing_step_fails_its_requests_and_the_engine_recovers(engine, prompts, monkeypatch):
@@ -241,6 +245,92 @@ async def test_a_failing_step_fails_its_requests_and_the_engine_recovers(engine,
     assert all(isinstance(r, PolicyError) and "injected" in str(r) for r in results)
     assert engine.num_running == 0
     assert len((await engine.generate(prompts[0], SamplingParams(max_new_tokens=3))).token_ids) == 3
+
+
+async def test_a_request_whose_stop_check_fails_fails_alone(engine, prompts, monkeypatch):
+    """Fault injection: one request's stop-string check raises in the step it shares with two
+    others; only that request fails."""
+    real_check = StopRule.check
+
+    def check(self: StopRule, token_ids, tokenizer):
+        if "boom" in self.stop_strings:
+            raise RuntimeError("injected stop check failure")
+        return real_check(self, token_ids, tokenizer)
+
+    monkeypatch.setattr(StopRule, "check", check)
+    plain = SamplingParams(max_new_tokens=5, temperature=0.0, ignore_eos=True)
+    results = await asyncio.gather(
+        engine.generate(prompts[0], plain), engine.generate(prompts[1], SamplingParams(max_new_tokens=5, stop=("boom",))),
+        engine.generate(prompts[2], plain), return_exceptions=True,
+    )
+    assert isinstance(results[1], PolicyError) and "injected stop check failure" in str(results[1])
+    assert [(r.finish_reason, len(r.token_ids)) for r in (results[0], results[2])] == [("length", 5)] * 2
+
+
+async def test_a_request_whose_prefill_fails_fails_alone(engine, prompts, monkeypatch):
+    """Fault injection: the prefill of a new request raises while another request decodes; the
+    running one finishes with the tokens it has alone."""
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0, ignore_eos=True)
+    reference = await engine.generate(prompts[0], greedy)
+    running = asyncio.create_task(engine.generate(prompts[0], greedy))
+    await _until(lambda: engine.num_running == 1)
+
+    def broken(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("injected prefill failure")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine._decoder, "prefill", broken)
+        with pytest.raises(PolicyError, match="injected prefill failure"):
+            await engine.generate(prompts[1], SamplingParams(max_new_tokens=4))
+    got = await running
+    assert got.token_ids == reference.token_ids
+    torch.testing.assert_close(torch.tensor(got.logprobs), torch.tensor(reference.logprobs), atol=ATOL, rtol=0)
+
+
+async def test_close_waits_for_a_running_step_without_blocking_the_event_loop(model, tokenizer, prompts, monkeypatch):
+    """The engine's loop is cancelled mid-step (as ``asyncio.run`` does to tasks left at exit):
+    ``aclose`` waits for the worker to finish that step while the event loop keeps running."""
+    engine = EmbeddedEngine(model, tokenizer)
+    entered = threading.Event()
+    real_decode = engine._decoder.decode
+
+    def slow_decode(*args: object) -> torch.Tensor:
+        entered.set()
+        time.sleep(1.5)
+        return real_decode(*args)
+
+    monkeypatch.setattr(engine._decoder, "decode", slow_decode)
+    request = asyncio.create_task(engine.generate(prompts[0], SamplingParams(max_new_tokens=50, ignore_eos=True)))
+    while not entered.is_set():
+        await asyncio.sleep(0.01)
+    engine._loop_task.cancel()
+    with pytest.raises(PolicyError, match="loop was cancelled"):
+        await request
+    gaps, ticking = await _ticking()
+    started = time.monotonic()
+    await engine.aclose()
+    waited = time.monotonic() - started
+    await asyncio.sleep(0.05)  # the ticker records the gap that spans aclose, if the loop stalled
+    ticking.cancel()
+    assert waited > 0.5, "aclose returned before the worker finished its step"
+    assert max(gaps) < 0.4, f"the event loop stalled for {max(gaps):.2f}s during aclose"
+
+
+async def _ticking() -> tuple[list[float], asyncio.Task[None]]:
+    """A task that records the gaps between its 5 ms ticks (a stalled loop shows a long gap)."""
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    return gaps, task
 
 
 async def test_event_loop_stays_responsive_while_decoding(engine, prompts):

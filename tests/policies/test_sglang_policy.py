@@ -328,6 +328,34 @@ async def test_abort_by_rid_ends_a_long_generation_even_with_every_slot_taken(se
     assert len(generation.logprobs) == len(generation.token_ids)
 
 
+async def test_a_cancelled_generate_aborts_its_request_at_the_engine():
+    started = asyncio.Event()
+
+    async def held(_: web.Request) -> web.Response:
+        started.set()
+        await asyncio.sleep(10)
+        return web.json_response(response("length"))
+
+    async with workers(held) as [worker], SGLangPolicy(worker.url, **FAST) as policy:
+        pending = asyncio.create_task(policy.generate([1, 2], SamplingParams(), rid="c:0"))
+        await started.wait()
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert await policy.abort("c:0") is False  # no longer in flight
+    assert worker.aborts == [{"rid": "c:0"}]
+
+
+async def test_our_servers_400_for_a_prompt_longer_than_the_context_is_not_retried(served, caplog):
+    engine, server = served
+    too_long = [5] * (engine.context_length + 1)
+    async with SGLangPolicy(server.url, attempts=5, **FAST) as policy:
+        with caplog.at_level(logging.WARNING, "agentrl.policies.sglang"), pytest.raises(PolicyError, match="HTTP 400") as raised:
+            await policy.generate(too_long, SamplingParams(max_new_tokens=1))
+    assert f"the input ({len(too_long)} tokens) is longer than the model's context length ({engine.context_length} tokens)" in str(raised.value)
+    assert own_warnings(caplog) == []  # no retry
+
+
 # --- (f) a killed engine, and affinity ----------------------------------------------------------
 
 SERVE_ONE = """

@@ -4,20 +4,28 @@ shapes, batches, stops, aborts, and 400s that say what is wrong."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
 
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.embedded import EmbeddedEngine
+from agentrl.policies.sglang import SGLangPolicy
 from agentrl.serving import SGLangServer
 
 
 @pytest.fixture
-async def served(smollm2_fp32, tokenizer, smollm2_dir):
+async def server(smollm2_fp32, tokenizer, smollm2_dir):
     async with EmbeddedEngine(smollm2_fp32, tokenizer, seed=0) as engine, SGLangServer(engine, tokenizer, model_path=str(smollm2_dir)) as server:
-        async with aiohttp.ClientSession(server.url) as http:
-            yield engine, http
+        yield engine, server
+
+
+@pytest.fixture
+async def served(server):
+    engine, sglang_server = server
+    async with aiohttp.ClientSession(sglang_server.url) as http:
+        yield engine, http
 
 
 def prompt(tokenizer, question: str = "What is 2 + 2?") -> list[int]:
@@ -77,10 +85,59 @@ async def test_abort_request_ends_a_generation_early(served, tokenizer):
     assert 0 < len(out["output_ids"]) < 2000
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/abort_request", {"rid": "long"}),
+    ("/abort_request", {"abort_all": True}),
+    ("/pause_generation", {"mode": "abort"}),
+])
+async def test_aborts_reach_an_async_policy(server, tokenizer, smollm2_dir, path, body):
+    """A server over SGLangPolicy (whose abort is a coroutine) over the embedded engine's server:
+    each way of aborting ends the generation at the engine."""
+    engine, back = server
+    async with SGLangPolicy(back.url) as remote, SGLangServer(remote, tokenizer, model_path=str(smollm2_dir)) as front, \
+            aiohttp.ClientSession(front.url) as front_http:
+        request = {"input_ids": prompt(tokenizer), "rid": "long", "sampling_params": {"max_new_tokens": 2000, "ignore_eos": True}}
+        pending = asyncio.create_task(front_http.post("/generate", json=request))
+        await until(lambda: engine.num_running == 1)
+        async with front_http.post(path, json=body) as r:
+            assert r.status == 200, await r.text()
+        async with await asyncio.wait_for(pending, 30) as r:
+            out = await r.json()
+        async with front_http.post("/continue_generation") as r:
+            assert r.status == 200
+    assert out["meta_info"]["finish_reason"]["type"] == "abort" and 0 < len(out["output_ids"]) < 2000
+
+
+async def test_a_failed_batch_item_cancels_the_others(served, tokenizer):
+    """The second item's rid is already in flight at the engine (sent there directly, past this
+    server's checks): that item fails, and its sibling is cancelled instead of running on."""
+    engine, http = served
+    long = SamplingParams(max_new_tokens=2000, ignore_eos=True)
+    busy = asyncio.create_task(engine.generate(prompt(tokenizer), long, rid="busy"))
+    await until(lambda: engine.num_running == 1)
+    body = {"input_ids": [prompt(tokenizer, "Hi"), prompt(tokenizer)], "rid": ["sibling", "busy"],
+            "sampling_params": {"max_new_tokens": 2000, "ignore_eos": True}}
+    async with http.post("/generate", json=body) as r:
+        assert r.status == 500 and "'busy' is already in flight" in (await r.json())["error"]["message"]
+    async with http.get("/get_server_info") as r:
+        assert (await r.json())["internal_states"][0]["num_running"] == 0  # the sibling is no longer in flight
+    await asyncio.sleep(0.5)
+    assert engine.num_running == 1  # only "busy" decodes
+    assert await engine.abort("busy") is True
+    assert (await busy).finish_reason == "abort"
+
+
+async def until(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize(("body", "reason"), [
     ({"text": "a", "input_ids": [1]}, "exactly one of 'text' and 'input_ids'"),
     ({}, "exactly one of 'text' and 'input_ids'"),
-    ({"input_ids": [10**9]}, "input_ids must be"),
+    ({"input_ids": [10**9]}, "'input_ids' must hold token ids"),
     ({"input_ids": [1, 2], "sampling_params": {"repetition_penalty": 1.3}}, "repetition_penalty"),
     ({"input_ids": [1, 2], "sampling_params": {"top_p": 0}}, "top_p"),
     ({"input_ids": [1, 2], "stream": True}, "'stream' is not supported"),
@@ -111,4 +168,4 @@ async def test_health_and_model_info(served, smollm2_dir):
     async with http.post("/generate", data=b"not json") as r:
         assert r.status == 400
     async with http.post("/abort_request", data=b"not json") as r:
-        assert r.status == 400 and "rid" in (await r.json())["error"]["message"]
+        assert r.status == 400 and "abort_request: the body must be JSON" in (await r.json())["error"]["message"]

@@ -1,13 +1,20 @@
 """Weight sync from a trainer (this process) to a real ``agentrl serve`` process (a tiny random
 Llama, fp32): over disk and over a gloo process group. After each push the server's version is
 the new one and the log-probs it reports for its tokens are those of the pushed weights.
-Also: bodies refused with reasons, pickle files never loaded, and pause / continue."""
+Also: bodies refused with reasons, pickle files never loaded, pause / continue, a FIFO in a
+weights directory refused without blocking the server, and SIGTERM stopping the server while a
+group join waits for a peer that never comes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import os
 import pickle
+import signal
+import socket
+import time
 
 import aiohttp
 import pytest
@@ -221,6 +228,63 @@ async def test_retract_mode_keeps_requests_in_flight_running_while_new_ones_wait
     async with http.post("/continue_generation") as r:
         assert r.status == 200
     assert (await asyncio.wait_for(waiting, 60))["meta_info"]["finish_reason"]["type"] == "length"
+
+
+async def test_a_fifo_in_the_weights_directory_is_refused_and_the_server_keeps_answering(http, tmp_path):
+    directory = tmp_path / "fifo"
+    directory.mkdir()
+    fifo = directory / "model.safetensors"
+    os.mkfifo(fifo)
+    update = asyncio.create_task(post(http, "/update_weights_from_disk", {"model_path": str(directory)}))
+    try:
+        await asyncio.sleep(0.5)  # the server has reached the directory
+        started = time.monotonic()
+        async with http.get("/health", timeout=aiohttp.ClientTimeout(total=5)) as r:
+            assert r.status == 200
+        assert time.monotonic() - started < 2
+        status, reply = await asyncio.wait_for(update, 10)
+    finally:
+        release_fifo_reader(fifo)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(update, 10)
+    assert status == 400 and reply["success"] is False
+    assert f"{fifo} is not a regular file" in reply["message"]
+
+
+def release_fifo_reader(fifo) -> None:
+    """Open the FIFO's write end and close it: a reader blocked opening it reads EOF instead."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # ENXIO: nobody reads it
+        pass
+
+
+async def post(http, path: str, body: dict) -> tuple[int, dict]:
+    async with http.post(path, json=body) as r:
+        return r.status, await r.json()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_sigterm_stops_the_server_promptly_while_a_group_join_waits_for_its_peer(tiny_dir):
+    """The trainer (rank 0) never comes: the join would wait 10 minutes; SIGTERM ends it."""
+    with agentrl_serve("--model-path", str(tiny_dir), "--dtype", "float32", "--port", "0", stop=signal.SIGTERM) as (proc, url):
+        body = {"master_address": "127.0.0.1", "master_port": free_port(), "rank_offset": 1, "world_size": 2, "backend": "gloo"}
+        async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=30)) as session:
+            joining = asyncio.create_task(post(session, "/init_weights_update_group", body))
+            await asyncio.sleep(1.0)
+            assert not joining.done()
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            status, reply = await asyncio.wait_for(joining, 10)
+            returncode = await asyncio.to_thread(proc.wait, 10)
+        stopped_s = time.monotonic() - started
+    assert returncode == 0 and stopped_s < 5, f"agentrl serve took {stopped_s:.1f}s to stop (status {returncode})"
+    assert status == 400 and "the server is shutting down" in reply["message"]
 
 
 async def server_state(http) -> dict:
