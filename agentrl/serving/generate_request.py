@@ -50,6 +50,13 @@ GENERATE_FIELDS = {
     "lora_path": Field((str, list), None, neutral=True),
     "custom_logit_processor": Field((str, list), None, neutral=True),
     "session_params": Field(dict, None, neutral=True),
+    # sglang-router (0.3.x) adds these to every request it forwards
+    "model": Field(str, None),
+    "log_metrics": Field(bool, True),
+    "no_logs": Field(bool, False),
+    "background": Field(bool, False, neutral=True),
+    "return_bytes": Field(bool, False, neutral=True),
+    "return_entropy": Field(bool, False, neutral=True),
 }
 SAMPLING_FIELDS = {
     "max_new_tokens": Field(int, 128),

@@ -145,7 +145,7 @@ def test_unsupported_architecture_names_the_supported_ones():
 def test_load_weights_changes_what_the_decoder_computes(dtype):
     model = _tiny_model(TINY_CONFIGS["llama"]).to(dtype)
     decoder = LeanDecoder(model)
-    assert decoder.packed == (dtype == torch.bfloat16)  # bf16 on CPU uses packed copies
+    assert decoder.packed == (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())  # packed copies where oneDNN has bf16
     name = "model.layers.1.mlp.up_proj.weight"
     assert decoder.load_weights([(name, torch.full_like(model.get_parameter(name), 0.1))]) == 1
     assert_matches_hf(model, lengths=[7], decode_steps=2, atol=ATOL if dtype == torch.float32 else BF16_ATOL, decoder=decoder)

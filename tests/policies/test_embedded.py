@@ -361,12 +361,14 @@ async def test_close_aborts_in_flight_requests_and_is_final(model, tokenizer, pr
         await engine.generate(prompts[0], SamplingParams())
 
 
-async def test_bfloat16_engine_follows_hf_bfloat16(smollm2_dir, prompts):
+async def test_bfloat16_engine_log_probs_stay_within_bf16_noise_of_fp32(smollm2_dir, smollm2_fp32, prompts):
+    """Against the fp32 model, not HF's own bf16 forward: on CPUs without native bf16 (e.g. AMD
+    EPYC) HF's bf16 kernels drift 0.3 from fp32 on some tokens, more than the engine does."""
     async with EmbeddedEngine.from_pretrained(str(smollm2_dir), dtype="bfloat16") as engine:
         got = await engine.generate(prompts[0], SamplingParams(max_new_tokens=6, temperature=0.0))
         assert engine.model.dtype == torch.bfloat16
-        want = hf_logprobs(engine.model, prompts[0], got.token_ids, temperature=1.0)
-        torch.testing.assert_close(torch.tensor(got.logprobs), want, atol=0.1, rtol=0)
+    gap = (torch.tensor(got.logprobs) - hf_logprobs(smollm2_fp32, prompts[0], got.token_ids, temperature=1.0)).abs()
+    assert gap.mean() < 0.1 and gap.max() < 0.3, gap
 
 
 async def _until(condition, timeout: float = 30.0) -> None:

@@ -106,7 +106,7 @@ class AbortablePacedPolicy(PacedPolicy):
         super().__init__(*args, **kwargs)
         self.aborted: list[str] = []
 
-    def abort(self, rid: str) -> bool:
+    async def abort(self, rid: str) -> bool:
         if rid not in self._stops:
             return False
         self.aborted.append(rid)
