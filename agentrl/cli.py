@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.WARNING, format="[agentrl] %(levelname)s %(name)s: %(message)s")
     try:
-        return args.command(args)
+        code: int = args.command(args)
+        return code
     except AgentRLError as e:  # expected failures: one clear message, no traceback of agentrl's own
         print(f"agentrl: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -198,7 +199,7 @@ def _json_object(text: str) -> dict[str, Any]:
     return json_object(text)
 
 
-def _tokenizer(spec: str):  # noqa: ANN202 - a transformers tokenizer
+def _tokenizer(spec: str) -> Any:  # a transformers tokenizer
     from transformers import AutoTokenizer
 
     from agentrl.models.resolve import resolve_model

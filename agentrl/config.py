@@ -29,7 +29,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -82,7 +82,7 @@ BETA = Range(ge=0, lt=1)
 _Config = typing.TypeVar("_Config", bound="EpisodeConfig")
 
 
-def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - argparse's word
+def opt(default: Any, help: str, **kw: Any) -> Any:
     """A config field with its help text (shown by ``--help``). Keywords: ``range`` (a
     :class:`Range`, for a list each item), ``choices``, ``nargs``, ``cli=False`` (YAML only)."""
     if isinstance(default, (list, dict)):
@@ -253,7 +253,7 @@ class TrainConfig(EpisodeConfig):
         object.__setattr__(self, "num_steps_per_rollout", identity[1])
 
     # ------------------------------------------------------------------ component configs
-    def rollout(self, *, eval: bool = False) -> RolloutConfig:  # noqa: A002
+    def rollout(self, *, eval: bool = False) -> RolloutConfig:
         """The rollout runner's config, for training or (``eval``) for evaluation."""
         config = super().rollout()
         if not eval:
@@ -465,7 +465,7 @@ def build_parser(prog: str = "agentrl train", config_class: type[EpisodeConfig] 
     for f in dataclasses.fields(config_class):
         if not f.metadata.get("cli", True):
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # MISSING excluded above
         allowed = f" (range: {f.metadata['range']})" if "range" in f.metadata else ""
         kw: dict[str, Any] = {"help": f"{f.metadata['help']} (default: {default}){allowed}"}
         if hints[f.name] is bool:
@@ -534,7 +534,7 @@ def _scalar_type(hint: Any) -> type:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) in (typing.Union, list):
         return _scalar_type(args[0])
-    return hint
+    return cast(type, hint)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from agentrl.errors import ConfigError
 
@@ -27,4 +27,4 @@ def load_function(path: str, *, flag: str) -> Callable[..., Any]:
         raise ConfigError(f"{flag} {path!r} could not be loaded: {e}") from e
     if not callable(fn):
         raise ConfigError(f"{flag} {path!r} is not a function")
-    return fn
+    return cast(Callable[..., Any], fn)

@@ -35,8 +35,8 @@ from agentrl.envs import Env, make
 from agentrl.errors import ConfigError, TrainingError
 from agentrl.metrics import MetricsLogger
 from agentrl.models.resolve import resolve_model
-from agentrl.rewards.hub import RewardOverride, make_reward_fn
 from agentrl.plugins import load_function
+from agentrl.rewards.hub import RewardOverride, make_reward_fn
 from agentrl.rollout import ChatRenderer, RolloutConfig, RolloutRunner, Trajectory, derive_seed, summarize
 from agentrl.rollout.dump import write_dump
 from agentrl.rollout.filters import load_group_filter
@@ -81,6 +81,7 @@ class _Run:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         keys = TaskKeys(cfg.input_key, cfg.label_key, cfg.metadata_key)
+        assert cfg.prompt_data is not None, "TrainConfig requires --prompt-data"
         self.stream = TaskStream(load_tasks(cfg.prompt_data, keys), cfg.rollout_batch_size, shuffle=cfg.rollout_shuffle, seed=cfg.seed)
         self.evals = {name: load_tasks(path, keys)[: cfg.eval_max_prompts] for name, path in cfg.eval_datasets().items()}
         self.checkpoint = find_checkpoint(cfg.load) if cfg.load else None
@@ -161,8 +162,9 @@ class _Run:
                 await self.logger.alog(cfg.num_rollout, await self.evaluate(cfg.num_rollout))
         if self.partial_buffer is not None:
             await self.partial_buffer.aclose()
-        if hasattr(self.reward_fn, "aclose"):
-            await self.reward_fn.aclose()
+        aclose = getattr(self.reward_fn, "aclose", None)
+        if aclose is not None:
+            await aclose()
         await asyncio.to_thread(self.export_hf, self.out / "hf_model")
         self.logger.close()
         return last
@@ -200,6 +202,7 @@ class _Run:
 
     async def push_weights(self, version: int) -> float:
         started = time.perf_counter()
+        assert self.backend is not None, "the engines start in main()"
         await self.backend.push(self.trainer.named_weights(), version)
         self.weight_version = version
         return time.perf_counter() - started

@@ -34,14 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from embedded_generate import MODEL, prompts  # noqa: E402 - the same prompts as the engine benchmark
+from embedded_generate import MODEL, prompts
 
-from agentrl.engines.fleet import EngineFleet  # noqa: E402
-from agentrl.engines.launch import EngineSpec  # noqa: E402
-from agentrl.engines.router import RouterSpec  # noqa: E402
-from agentrl.policies import Policy, SamplingParams  # noqa: E402
-from agentrl.policies.embedded import EmbeddedEngine  # noqa: E402
-from agentrl.policies.sglang import SGLangPolicy  # noqa: E402
+from agentrl.engines.fleet import EngineFleet
+from agentrl.engines.launch import EngineSpec
+from agentrl.engines.router import RouterSpec
+from agentrl.policies import Policy, SamplingParams
+from agentrl.policies.embedded import EmbeddedEngine
+from agentrl.policies.sglang import SGLangPolicy
 
 
 async def tokens_per_s(policy: Policy, work: Sequence[list[int]], new_tokens: int, seed: int) -> float:

@@ -18,6 +18,7 @@ real (unpadded) tokens. Prints a table and, last, one JSON line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import tempfile
@@ -67,11 +68,11 @@ def run_agentrl(model_dir: str, batches: list[list[TrainSequence]], max_tokens: 
     trainer = TorchTrainer(model_dir, cfg, LossConfig(), device="cuda")
     rows = []
     for seqs in batches:
-        fwd_bwd = timed(lambda: trainer.accumulate_gradients(seqs))
+        fwd_bwd = timed(functools.partial(trainer.accumulate_gradients, seqs))
         opt = timed(trainer.apply_gradients)
         rows.append({"fwd_bwd_s": fwd_bwd, "optimizer_s": opt, "step_s": fwd_bwd + opt})
     if profile:
-        print_profile("agentrl", lambda: trainer.accumulate_gradients(batches[-1]))
+        print_profile("agentrl", functools.partial(trainer.accumulate_gradients, batches[-1]))
     del trainer
     torch.cuda.empty_cache()
     return rows
@@ -89,7 +90,7 @@ def run_plain(model_dir: str, batches: list[list[TrainSequence]], max_tokens: in
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     rows = []
     for seqs in batches:
-        def fwd_bwd() -> None:
+        def fwd_bwd(seqs: list[TrainSequence] = seqs) -> None:
             ordered = sorted(seqs, key=len)
             start = 0
             while start < len(ordered):  # padded micro-batches of at most max_tokens padded tokens

@@ -16,7 +16,6 @@ import pytest
 
 from agentrl.cli import main
 from agentrl.envs import Action, Env, EnvRegistry, Message, StepResult, Task, ToolCall, registration
-from tests.test_train import tiny_dir  # noqa: F401 - the tiny random Llama fixture
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,11 +149,11 @@ def read_records(path) -> list[dict[str, Any]]:
     return [strict_json(line) for line in path.read_text().splitlines()]
 
 
-def test_every_rollout_setting_reaches_the_runner(tmp_path, tiny_dir, cli_envs, capsys):
+def test_every_rollout_setting_reaches_the_runner(tmp_path, tiny_llama_dir, cli_envs, capsys):
     out = tmp_path / "out.jsonl"
     code, stdout, err = run_main(
         capsys, "rollout", "--env", "cli/Probe-v0", "--env-kwargs", '{"tag": "x"}', "--prompt-data", tasks_file(tmp_path / "t.jsonl", "a"),
-        "--hf-checkpoint", str(tiny_dir), "--n-samples-per-prompt", "2", "--seed", "0", "--rollout-max-response-len", "2", "--max-turns", "2",
+        "--hf-checkpoint", str(tiny_llama_dir), "--n-samples-per-prompt", "2", "--seed", "0", "--rollout-max-response-len", "2", "--max-turns", "2",
         "--no-end-on-length", "--reset-seed", "sample", "--tool-parser", "tests.test_cli:name_every_action", "--bridge-mode", "segment", "--output", str(out))
     assert code == 0, err
     records = sorted(read_records(out), key=lambda r: r["sample_index"])
@@ -165,11 +164,11 @@ def test_every_rollout_setting_reaches_the_runner(tmp_path, tiny_dir, cli_envs, 
     assert strict_json(stdout[-1])["termination"] == {"max_turns": 2}
 
 
-def test_a_hung_env_ends_as_timeout_and_all_failed_exits_nonzero(tmp_path, tiny_dir, cli_envs, capsys):
+def test_a_hung_env_ends_as_timeout_and_all_failed_exits_nonzero(tmp_path, tiny_llama_dir, cli_envs, capsys):
     out = tmp_path / "out.jsonl"
     started = time.monotonic()
     code, stdout, err = run_main(
-        capsys, "rollout", "--env", "cli/Stalling-v0", "--prompt-data", tasks_file(tmp_path / "t.jsonl", "hang", "slow"), "--hf-checkpoint", str(tiny_dir),
+        capsys, "rollout", "--env", "cli/Stalling-v0", "--prompt-data", tasks_file(tmp_path / "t.jsonl", "hang", "slow"), "--hf-checkpoint", str(tiny_llama_dir),
         "--rollout-max-response-len", "2", "--no-end-on-length", "--rollout-step-timeout", "0.5", "--rollout-episode-timeout", "1.5", "--output", str(out))
     assert time.monotonic() - started < 30
     errors = {r["task_index"]: r["error"] for r in read_records(out) if r["termination"] == "timeout"}
@@ -178,10 +177,10 @@ def test_a_hung_env_ends_as_timeout_and_all_failed_exits_nonzero(tmp_path, tiny_
     assert strict_json(stdout[-1])["reward_mean"] is None
 
 
-def test_when_every_episode_fails_the_first_error_is_shown_and_the_summary_is_strict_json(tmp_path, tiny_dir, cli_envs, capsys):
+def test_when_every_episode_fails_the_first_error_is_shown_and_the_summary_is_strict_json(tmp_path, tiny_llama_dir, cli_envs, capsys):
     out = tmp_path / "out.jsonl"
     code, stdout, err = run_main(capsys, "rollout", "--env", "cli/Broken-v0", "--prompt-data", tasks_file(tmp_path / "t.jsonl", "a", "b"),
-                                 "--hf-checkpoint", str(tiny_dir), "--n-samples-per-prompt", "2", "--output", str(out))
+                                 "--hf-checkpoint", str(tiny_llama_dir), "--n-samples-per-prompt", "2", "--output", str(out))
     assert code == 1
     assert "every episode failed (4 of 4); the first (task 0, sample 0) ended as env_error:" in err
     assert "AttributeError: 'BrokenEnv' object has no attribute 'corpus'" in err
@@ -199,9 +198,9 @@ def test_an_output_that_cannot_be_written_fails_before_the_model_loads(tmp_path,
     assert code == 2 and len(lines) == 1 and f"--output {output}: " in lines[0], err  # not the model's error: it was never loaded
 
 
-def test_train_prints_a_strict_json_summary(tmp_path, tiny_dir, cli_envs, capsys):
+def test_train_prints_a_strict_json_summary(tmp_path, tiny_llama_dir, cli_envs, capsys):
     code, stdout, err = run_main(
-        capsys, "train", "--env", "cli/Broken-v0", "--prompt-data", tasks_file(tmp_path / "t.jsonl", "a"), "--hf-checkpoint", str(tiny_dir),
+        capsys, "train", "--env", "cli/Broken-v0", "--prompt-data", tasks_file(tmp_path / "t.jsonl", "a"), "--hf-checkpoint", str(tiny_llama_dir),
         "--num-rollout", "1", "--rollout-batch-size", "1", "--n-samples-per-prompt", "2", "--rollout-max-response-len", "2", "--output-dir", str(tmp_path / "run"))
     assert code == 0, err
     summary = strict_json(stdout[-1])
@@ -236,11 +235,11 @@ runpy.run_module("agentrl.cli", run_name="__main__")
 """
 
 
-def test_ctrl_c_keeps_every_finished_episode(tmp_path, tiny_dir):
+def test_ctrl_c_keeps_every_finished_episode(tmp_path, tiny_llama_dir):
     (tmp_path / "slow_env.py").write_text(SLOW_ENV)
     out = tmp_path / "out.jsonl"
     args = ["rollout", "--env", "slow_env:cli/Slow-v0", "--prompt-data", tasks_file(tmp_path / "t.jsonl", *(f"q{i}" for i in range(200))),
-            "--hf-checkpoint", str(tiny_dir), "--rollout-max-response-len", "2", "--rollout-concurrency", "2", "--output", str(out)]
+            "--hf-checkpoint", str(tiny_llama_dir), "--rollout-max-response-len", "2", "--rollout-concurrency", "2", "--output", str(out)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)])}
     stderr = tmp_path / "stderr"
     with open(stderr, "w") as err_file:

@@ -11,24 +11,10 @@ import sys
 import time
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from agentrl.config import load_config
 from agentrl.errors import ConfigError
 from agentrl.train import train
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smollm2_dir):
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id, bos_token_id=1)
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture
@@ -38,8 +24,8 @@ def data(tmp_path):
     return path
 
 
-def args(tiny_dir, data, out, *extra):
-    return ["--hf-checkpoint", str(tiny_dir), "--prompt-data", str(data), "--eval-prompt-data", "small", str(data),
+def args(tiny_llama_dir, data, out, *extra):
+    return ["--hf-checkpoint", str(tiny_llama_dir), "--prompt-data", str(data), "--eval-prompt-data", "small", str(data),
             "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--rollout-max-response-len", "8",
             "--eval-interval", "2", "--save-interval", "1", "--output-dir", str(out), "--lr", "1e-4", "--deterministic", *extra]
 
@@ -49,9 +35,9 @@ def records(out):
 
 
 @pytest.mark.parametrize("mode", [[], ["--train-async"]])
-def test_train_writes_what_a_user_sees(tiny_dir, data, tmp_path, mode):
+def test_train_writes_what_a_user_sees(tiny_llama_dir, data, tmp_path, mode):
     out = tmp_path / "run"
-    train(load_config(args(tiny_dir, data, out, "--num-rollout", "3", *mode)))
+    train(load_config(args(tiny_llama_dir, data, out, "--num-rollout", "3", *mode)))
     rows = records(out)
     steps = [r for r in rows if "rollout/reward_mean" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
@@ -68,7 +54,7 @@ def test_train_writes_what_a_user_sees(tiny_dir, data, tmp_path, mode):
     assert any((out / "tensorboard").iterdir())
 
 
-def test_a_run_killed_during_step_3_resumes_to_the_same_steps_3_and_4(tiny_dir, data, tmp_path, monkeypatch):
+def test_a_run_killed_during_step_3_resumes_to_the_same_steps_3_and_4(tiny_llama_dir, data, tmp_path, monkeypatch):
     """SIGKILL, not a clean stop: the killed process gets no chance to save anything more."""
     full, part = tmp_path / "full", tmp_path / "part"
     evals = tmp_path / "eval.jsonl"  # a long eval at the start of step 3 (eval-interval 2) is where the kill lands
@@ -78,7 +64,7 @@ def test_a_run_killed_during_step_3_resumes_to_the_same_steps_3_and_4(tiny_dir, 
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.syspath_prepend(str(tmp_path))
     run_args = lambda out, *extra: [  # noqa: E731
-        *args(tiny_dir, data, out, "--num-rollout", "4", "--lr-decay-style", "cosine", "--custom-rm-path", "length_rm.reward", *extra),
+        *args(tiny_llama_dir, data, out, "--num-rollout", "4", "--lr-decay-style", "cosine", "--custom-rm-path", "length_rm.reward", *extra),
         "--eval-prompt-data", "small", str(evals),
     ]
     train(load_config(run_args(full)))
@@ -136,12 +122,12 @@ async def generate(args, sample, sampling_params):
 '''
 
 
-def test_a_slime_generate_function_runs_against_the_engine_over_http(tiny_dir, data, tmp_path, monkeypatch):
+def test_a_slime_generate_function_runs_against_the_engine_over_http(tiny_llama_dir, data, tmp_path, monkeypatch):
     (tmp_path / "my_generate.py").write_text(SLIME_GENERATE)
     (tmp_path / "length_rm.py").write_text("async def reward(args, sample, **kw):\n    return float(len(sample.response) % 3)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
-    train(load_config(args(tiny_dir, data, out, "--num-rollout", "2", "--custom-generate-function-path", "my_generate.generate",
+    train(load_config(args(tiny_llama_dir, data, out, "--num-rollout", "2", "--custom-generate-function-path", "my_generate.generate",
                            "--custom-rm-path", "length_rm.reward", "--no-bf16", "--rollout-batch-size", "3")))
     steps = [r for r in records(out) if "rollout/reward_mean" in r]
     first = steps[0]
@@ -155,11 +141,11 @@ def test_a_slime_generate_function_runs_against_the_engine_over_http(tiny_dir, d
     assert "RuntimeError: this task's tool is down" in next(r["error"] for r in dumped if r["termination"] == "env_error")
 
 
-def test_dynamic_sampling_with_partial_rollout_trains_only_groups_with_reward_spread(tiny_dir, data, tmp_path, monkeypatch):
+def test_dynamic_sampling_with_partial_rollout_trains_only_groups_with_reward_spread(tiny_llama_dir, data, tmp_path, monkeypatch):
     (tmp_path / "length_rm.py").write_text("async def reward(args, sample, **kw):\n    return float(len(sample.response) % 2)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
-    train(load_config(args(tiny_dir, data, out, "--num-rollout", "3", "--custom-rm-path", "length_rm.reward", "--no-bf16",
+    train(load_config(args(tiny_llama_dir, data, out, "--num-rollout", "3", "--custom-rm-path", "length_rm.reward", "--no-bf16",
                            "--over-sampling-batch-size", "3", "--partial-rollout", "--mask-offpolicy-in-partial-rollout",
                            "--dynamic-sampling-filter-path", "agentrl.rollout.filters.check_reward_nonzero_std")))
     steps = [r for r in records(out) if "rollout/reward_mean" in r]
@@ -201,10 +187,10 @@ def _pythonpath(path):
     return {**os.environ, "PYTHONPATH": f"{path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def test_a_run_whose_every_episode_fails_exits_nonzero_with_the_traceback_and_saves_nothing(tiny_dir, data, tmp_path):
+def test_a_run_whose_every_episode_fails_exits_nonzero_with_the_traceback_and_saves_nothing(tiny_llama_dir, data, tmp_path):
     (tmp_path / "broken_env.py").write_text(BROKEN_ENV)
     out = tmp_path / "run"
-    proc = _cli("train", *args(tiny_dir, data, out, "--num-rollout", "2", "--env", "broken_env:broken/Reset-v0"), env=_pythonpath(tmp_path))
+    proc = _cli("train", *args(tiny_llama_dir, data, out, "--num-rollout", "2", "--env", "broken_env:broken/Reset-v0"), env=_pythonpath(tmp_path))
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1, stderr[-3000:]
     assert "rollout step 1: none of its 4 episodes can be trained on (4 env_error)" in stderr
@@ -222,7 +208,7 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return not open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
 
 
 def _wait_for_step(proc, out, step, timeout=300):
@@ -234,9 +220,9 @@ def _wait_for_step(proc, out, step, timeout=300):
         time.sleep(0.05)
 
 
-def test_sigterm_stops_launched_engines_and_the_router_and_says_where_to_resume(tiny_dir, data, tmp_path):
+def test_sigterm_stops_launched_engines_and_the_router_and_says_where_to_resume(tiny_llama_dir, data, tmp_path):
     out = tmp_path / "run"
-    proc = _cli("train", *args(tiny_dir, data, out, "--num-rollout", "50", "--rollout-num-engines", "1", "--weight-sync", "disk"))
+    proc = _cli("train", *args(tiny_llama_dir, data, out, "--num-rollout", "50", "--rollout-num-engines", "1", "--weight-sync", "disk"))
     _wait_for_step(proc, out, 1)
     children = _children(proc.pid)
     assert len(children) >= 2  # an agentrl serve engine and sglang-router, each in its own session
@@ -248,9 +234,9 @@ def test_sigterm_stops_launched_engines_and_the_router_and_says_where_to_resume(
     assert not [pid for pid in children if _alive(pid)]
 
 
-def test_ctrl_c_ends_with_a_message_not_a_traceback(tiny_dir, data, tmp_path):
+def test_ctrl_c_ends_with_a_message_not_a_traceback(tiny_llama_dir, data, tmp_path):
     out = tmp_path / "run"
-    proc = _cli("train", *args(tiny_dir, data, out, "--num-rollout", "50"), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = _cli("train", *args(tiny_llama_dir, data, out, "--num-rollout", "50"), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_step(proc, out, 1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
@@ -259,7 +245,7 @@ def test_ctrl_c_ends_with_a_message_not_a_traceback(tiny_dir, data, tmp_path):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
 
 
-def test_train_under_torchrun_refuses_rather_than_training_one_rank_copy_per_process(tiny_dir, data, tmp_path, monkeypatch):
+def test_train_under_torchrun_refuses_rather_than_training_one_rank_copy_per_process(tiny_llama_dir, data, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="WORLD_SIZE=2"):
-        train(load_config(args(tiny_dir, data, tmp_path / "run", "--num-rollout", "1")))
+        train(load_config(args(tiny_llama_dir, data, tmp_path / "run", "--num-rollout", "1")))

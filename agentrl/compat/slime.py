@@ -41,7 +41,6 @@ async def post(url: str, payload: dict[str, Any], *, headers: dict[str, str] | N
     for generate functions; raises ``aiohttp.ClientResponseError`` on an HTTP error status."""
     import aiohttp
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-        async with session.post(url, json=payload, headers=headers) as response:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session, session.post(url, json=payload, headers=headers) as response:
             response.raise_for_status()
             return await response.json()

@@ -99,7 +99,7 @@ class SlimeGenerateRunner:
         messages = [{"role": "user", "content": task.prompt}] if isinstance(task.prompt, str) else list(task.prompt)
         if not self.apply_chat_template:
             return "\n".join(m["content"] for m in messages)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     def _sampling_params(self, task: Task, sample_index: int) -> dict[str, Any]:
         c = self.config

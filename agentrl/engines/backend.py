@@ -96,9 +96,8 @@ async def open_backend(cfg: BackendConfig, model_dir: Path, tokenizer: PreTraine
         async with _embedded(cfg, model_dir, tokenizer, serve_api) as backend:
             yield backend
         return
-    async with _Engines(cfg, model_dir, run_dir) as engines:
-        async with SGLangPolicy(engines.fleet.router_url or engines.fleet.urls, max_concurrency=cfg.concurrency) as policy:
-            yield RolloutBackend(policy, engines.push, engines.fleet.router_url)
+    async with _Engines(cfg, model_dir, run_dir) as engines, SGLangPolicy(engines.fleet.router_url or engines.fleet.urls, max_concurrency=cfg.concurrency) as policy:
+        yield RolloutBackend(policy, engines.push, engines.fleet.router_url)
 
 
 @contextlib.asynccontextmanager

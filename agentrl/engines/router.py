@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import aiohttp
 
@@ -139,7 +139,7 @@ class RouterClient:
         if not isinstance(reply, dict) or not isinstance(reply.get("workers"), list):
             raise RouterError(f"sglang-router at {self.url}: GET /workers answered {reply!r:.300}, expected {{'workers': [...]}}; "
                               "is it sglang-router >= 0.3?")
-        return reply["workers"]
+        return cast(list[dict[str, Any]], reply["workers"])
 
     async def register(self, worker_url: str, timeout_s: float) -> None:
         """Add ``worker_url`` and return once the router lists it as healthy.

@@ -23,8 +23,8 @@ from agentrl.envs.wrappers import (
 __all__ = [
     "Action",
     "CheckReport",
-    "EnvCheckError",
     "Env",
+    "EnvCheckError",
     "EnvRegistry",
     "EnvSpec",
     "EpisodeStatistics",

@@ -188,7 +188,7 @@ class _Checker:
         ]
         if tokenizer is not None:
             checks.append(("chat template conformance", lambda: self.template_conformance(tokenizer, chat_template)))
-        return checks
+        return list(checks)
 
     def action(self, step: int) -> Action:
         return self.actions[min(step, len(self.actions) - 1)]
@@ -202,7 +202,7 @@ class _Checker:
             await env.close()
 
     async def play(self, env: Env, task: Task, seed: int | None) -> _Played:
-        opening, info = await env.reset(task, seed=seed)
+        opening, _ = await env.reset(task, seed=seed)
         played = _Played(opening, [])
         for step in range(self.max_steps):
             obs, reward, terminated, truncated, _ = await env.step(self.action(step))

@@ -46,7 +46,7 @@ class GymnasiumAdapter(gymnasium.Env[str, str]):
             accepts any string (policies write non-ASCII text too).
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 - gymnasium.Env declares it so
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from typing import Protocol
+from typing import Protocol, cast
 
 from agentrl.envs.core import ToolCall
 from agentrl.errors import ConfigError
@@ -77,6 +77,6 @@ def get_tool_parser(name: str) -> ToolCallParser:
             f"unknown tool parser {name!r}: use one of {sorted(TOOL_PARSERS)} or 'pkg.module:function'"
         )
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        return cast(ToolCallParser, getattr(importlib.import_module(module_name), attr))
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"tool parser {name!r} could not be loaded: {e}") from e

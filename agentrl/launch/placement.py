@@ -319,7 +319,8 @@ def _reserve(layout: Layout, timeout_s: float) -> PlacementGroup:
         remove_placement_group(pg)
         raise PlacementError(f"placement group of {layout.describe()}, strategy PACK, "
                              f"not ready after {timeout_s:g} s: {capacity}") from e
-    return pg
+    ready: PlacementGroup = pg
+    return ready
 
 
 def _capacity(use_gpus: bool) -> str:

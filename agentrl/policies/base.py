@@ -180,7 +180,7 @@ class Policy(ABC):
         """Version of the weights new requests will be served with."""
         return 0
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - a no-op default: most policies hold nothing to release
         """Release the backend's resources; safe to call twice."""
 
     async def __aenter__(self) -> Policy:

@@ -135,7 +135,7 @@ class DecodeBatch:
 
     def abort_all(self) -> Finished:
         """End every row with ``"abort"`` and its partial tokens."""
-        done = [(row.request, row.result("abort")) for row in self.rows]
+        done: list[tuple[Request, Generation | PolicyError]] = [(row.request, row.result("abort")) for row in self.rows]
         self.reset()
         return done
 
@@ -246,7 +246,7 @@ def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
     keeps at least its last token out of it, for its own logits."""
     if len(prompts) < 2:
         return 0
-    common = os.path.commonprefix([list(p) for p in prompts])  # element-wise, lists too
+    common = os.path.commonprefix([list(p) for p in prompts])  # noqa: RUF071 - element-wise on token lists, not paths
     n = min(len(common), min(len(p) for p in prompts) - 1)
     return n if n * (len(prompts) - 1) >= MIN_SHARED_TOKENS else 0
 

@@ -125,8 +125,8 @@ class EmbeddedEngine(Policy):
         """
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        model.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # HF's wrapped Module.to
-        model.eval().requires_grad_(False)  # type: ignore[no-untyped-call]
+        model.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # transformers types .to's self oddly
+        model.eval().requires_grad_(False)
         self._decoder = LeanDecoder(model)
         self._tokenizer = tokenizer
         self._eos_token_ids = _eos_token_ids(model, tokenizer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agentrl.envs.core import FinishReason
 from agentrl.policies.base import Generation, Policy, SamplingParams
 
 Script = Callable[[int, str], str]
@@ -42,7 +43,8 @@ class ScriptedPolicy(Policy):
         else:
             reply = self.script[min(turn, len(self.script) - 1)]
         ids = self.tokenizer.encode(reply, add_special_tokens=False)
-        finish, matched = "stop", None
+        finish: FinishReason = "stop"
+        matched: int | None = None
         if len(ids) >= sampling.max_new_tokens:
             ids, finish = ids[: sampling.max_new_tokens], "length"
         elif not sampling.ignore_eos and self.tokenizer.eos_token_id is not None:

@@ -28,7 +28,6 @@ from agentrl.rewards.remote import RemoteRewardModel
 from agentrl.rewards.text import exact_match, f1_score
 from agentrl.rewards.types import RewardFn, RewardInput
 
-
 TextReward = Callable[[str, Any], Awaitable[float]]
 """Scores a response against a label."""
 

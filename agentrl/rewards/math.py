@@ -95,7 +95,7 @@ def score_math_answer(response: str, label: str | int | float) -> MathScore:
 
 def _unknowns(parsed: list[object]) -> set[str]:
     """Names of the free symbols in a Math-Verify parse (its first item is the sympy object)."""
-    symbols = getattr(parsed[0], "free_symbols", set()) if parsed else set()
+    symbols: set[object] = getattr(parsed[0], "free_symbols", set()) if parsed else set()
     return {str(symbol) for symbol in symbols}
 
 
@@ -215,8 +215,10 @@ class _Worker:
 
     def _read_line(self, timeout_s: float) -> str | None:
         """The next line ("" at end of file), or ``None`` when none came within ``timeout_s``."""
-        readable, _, _ = select.select([self.process.stdout], [], [], timeout_s)
-        return self.process.stdout.readline() if readable else None  # type: ignore[union-attr]
+        stdout = self.process.stdout
+        assert stdout is not None, "started with stdout=PIPE"
+        readable, _, _ = select.select([stdout], [], [], timeout_s)
+        return stdout.readline() if readable else None
 
 
 def worker_main() -> None:

@@ -43,7 +43,7 @@ class RemoteRewardModel:
         for attempt in range(1, self.retries + 1):
             try:
                 return await self._post(payload)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, _Retryable) as e:
+            except (TimeoutError, aiohttp.ClientConnectionError, _Retryable) as e:
                 if attempt == self.retries:
                     raise RewardModelError(f"reward model {self.url} failed after {attempt} attempts: {e}") from e
                 delay = min(2 ** (attempt - 1), 8) * (0.5 + random.random() / 2)

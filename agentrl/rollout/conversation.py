@@ -72,7 +72,7 @@ class ChatRenderer:
 
     def _apply(self, messages: list[Message], tools: list[dict[str, Any]] | None, add_generation_prompt: bool) -> str:
         prefill = add_generation_prompt and bool(messages) and messages[-1]["role"] == "assistant"
-        return self.tokenizer.apply_chat_template(
+        return str(self.tokenizer.apply_chat_template(
             messages,
             tools=tools,
             chat_template=self.chat_template,
@@ -80,7 +80,7 @@ class ChatRenderer:
             continue_final_message=prefill,
             tokenize=False,
             **self.template_kwargs,
-        )
+        ))
 
     def _warn_if_tools_ignored(self, with_tools: str, without_tools: str, tools: list[dict[str, Any]]) -> None:
         names = [str(t.get("function", t).get("name")) for t in tools]
@@ -102,15 +102,15 @@ class ChatRenderer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` with no special tokens added (the template wrote them)."""
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of ``token_ids`` with special tokens kept, as the template would write them."""
-        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=False))
 
     def decode_action(self, token_ids: list[int]) -> str:
         """The text the env sees: special tokens (eos, turn markers) removed."""
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
 
 class TokenConversation:
@@ -131,6 +131,7 @@ class TokenConversation:
         self.prefix_mismatches = 0
         self.segments: list[Segment] = []
         self._prefill = _prefill(self.messages)
+        self._text = ""  # the current segment's text so far (set by _start_segment)
         self._start_segment()
 
     @property

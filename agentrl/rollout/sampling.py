@@ -138,7 +138,7 @@ class _Collection:
         self.launched = 0
         self.counts: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
-        self.progress: tqdm | None = None
+        self.progress: tqdm[Any] | None = None
 
     async def run(self) -> CollectedGroups:
         try:

@@ -73,7 +73,7 @@ class DaemonWorker:
 def _run_one(call: Callable[[], Any], future: asyncio.Future[Any]) -> None:
     try:
         result = call()
-    except Exception as e:  # noqa: BLE001 - handed to the awaiting coroutine
+    except Exception as e:
         _settle_threadsafe(future, None, e)
     else:
         _settle_threadsafe(future, result, None)

@@ -76,7 +76,8 @@ def join(
     if backend == "nccl" and dist.is_initialized() and c10d._get_default_group().bound_device_id is not None:
         raise ValueError("the default process group is bound to a device (init_process_group(device_id=...)); "
                          "torch would split the NCCL weight-update group off it and hang: initialise it without device_id")
-    store, _, _ = next(dist.rendezvous(f"tcp://{master_address}:{master_port}", rank, world_size, timeout=timeout))
+    rendezvous = c10d.rendezvous  # type: ignore[attr-defined]  # public, but missing from torch's __all__
+    store, _, _ = next(rendezvous(f"tcp://{master_address}:{master_port}", rank, world_size, timeout=timeout))
     store.set_timeout(timeout)
     pg, _ = c10d._new_process_group_helper(
         world_size, rank, [], c10d.Backend(backend), c10d.PrefixStore(group_name, store),

@@ -53,7 +53,7 @@ def generation_to_sglang(
         finish = {"type": "length", "length": len(generation.token_ids)}
     else:
         finish = {"type": "abort", "message": "aborted", "status_code": 200, "err_type": None}
-    text = tokenizer.decode(generation.token_ids, skip_special_tokens=item.skip_special_tokens)
+    text = str(tokenizer.decode(generation.token_ids, skip_special_tokens=item.skip_special_tokens))
     matched = generation.matched_stop
     if isinstance(matched, str) and not item.no_stop_trim and text.endswith(matched):
         text = text[: -len(matched)]

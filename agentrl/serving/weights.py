@@ -133,7 +133,7 @@ class WeightsAPI:
             world_size=body["world_size"], group_name=body["group_name"], backend=body["backend"], timeout=JOIN_TIMEOUT)
         try:
             group = await self._collectives.run(join)
-        except Exception as e:  # noqa: BLE001 - a rendezvous or backend failure, reported to the caller as SGLang does
+        except Exception as e:
             return _failure(f"init_weights_update_group: joining {body['group_name']!r} failed: {e}")
         self.groups[group.name] = group
         return web.json_response({"success": True, "message": f"Joined {group.name!r} as rank {group.rank} of {group.world_size}."})
@@ -246,7 +246,7 @@ class WeightsAPI:
         device = _engine_device(self.policy) if group.backend == "nccl" else torch.device("cpu")
         try:
             tensors = await self._collectives.run(functools.partial(_receive, group, specs, device))
-        except Exception as e:  # noqa: BLE001 - a collective failure (peer gone, timeout)
+        except Exception as e:
             return f"update_weights_from_distributed: receiving from {group.name!r} failed: {e}"
         return refused or await self._load(zip([name for name, _, _ in specs], tensors), version)
 
@@ -274,7 +274,7 @@ def _disk_files(body: dict[str, Any]) -> list[Path]:
 def _disk_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     try:
         return read_shapes(files)
-    except Exception as e:  # noqa: BLE001 - safetensors' own error type for a corrupt or foreign file
+    except Exception as e:
         raise BadRequest(f"update_weights_from_disk: 'model_path': cannot read a safetensors header: {e}") from None
 
 

@@ -167,7 +167,7 @@ class MicroBatch:
         return self.input_ids.shape[1]
 
     def to(self, device: torch.device | str) -> MicroBatch:
-        return MicroBatch(**{k: v if isinstance(v, int) else v.to(device) for k, v in vars(self).items()})
+        return dataclasses.replace(self, **{k: v.to(device) for k, v in vars(self).items() if not isinstance(v, int)})
 
 
 def collate(sequences: Sequence[TrainSequence], *, share_prompts: bool = True) -> MicroBatch:
@@ -178,7 +178,15 @@ def collate(sequences: Sequence[TrainSequence], *, share_prompts: bool = True) -
     positions they would have after the prompt, attending to the earlier copy of the prompt: the
     same logits and gradients for fewer tokens.
     """
-    ids, positions, pred, targets, mask, rollout, adv, sample, local = ([] for _ in range(9))
+    ids: list[int] = []
+    positions: list[int] = []
+    pred: list[int] = []
+    targets: list[int] = []
+    mask: list[int] = []
+    rollout: list[float] = []
+    adv: list[float] = []
+    sample: list[int] = []
+    local: list[int] = []
     runs: list[tuple[int, int]] = []
     prefixes: list[tuple[int, int]] = []
     prompt_at: dict[tuple[int, ...], int] = {}  # prompt -> where its first copy starts in the row
@@ -207,7 +215,9 @@ def collate(sequences: Sequence[TrainSequence], *, share_prompts: bool = True) -
         sample.extend([seq.sample_index] * n_resp)
         local.extend([k] * n_resp)
         offset += len(tokens)
-    long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    def long(xs: list[int]) -> Tensor:
+        return torch.tensor(xs, dtype=torch.long)
+
     return MicroBatch(
         input_ids=long(ids).unsqueeze(0),
         position_ids=long(positions).unsqueeze(0),

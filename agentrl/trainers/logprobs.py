@@ -34,11 +34,13 @@ class PackedDecoder(nn.Module):
         self.model = model
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, cu_seq_lens: Tensor, max_length: int, layout: AttentionLayout) -> Tensor:
-        out = self.model.get_decoder()(
+        decoder: nn.Module = self.model.get_decoder()  # type: ignore[operator]  # an HF model's method, typed by nn.Module as Tensor | Module
+        out = decoder(
             input_ids=input_ids, position_ids=position_ids, use_cache=False, attention_layout=layout,
             cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=max_length, max_length_k=max_length,
         )
-        return out.last_hidden_state[0]
+        hidden: Tensor = out.last_hidden_state[0]
+        return hidden
 
 
 def chosen_logprobs(
@@ -63,10 +65,14 @@ def chosen_logprobs(
     Returns:
         ``(logprobs [N], entropy [N] or None)``, fp32.
     """
-    logps, entropies = [], []
+    logps: list[Tensor] = []
+    entropies: list[Tensor] = []
+
+    def fn(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return _chunk(lm_head, h, t, temperature, with_entropy)
+
     for start in range(0, hidden.shape[0], chunk_size):
         args = (hidden[start : start + chunk_size], targets[start : start + chunk_size])
-        fn = lambda h, t: _chunk(lm_head, h, t, temperature, with_entropy)  # noqa: E731
         logp, entropy = checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
         logps.append(logp)
         entropies.append(entropy)

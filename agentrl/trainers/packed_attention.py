@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -137,7 +137,7 @@ def _padded_attention(query: Tensor, key: Tensor, value: Tensor, layout: Attenti
     SDPA call and put the real queries back in row order; the gathers' backward is one scatter
     each (a loop of per-run calls costs a full-row gradient buffer per run in backward)."""
     def gather(t: Tensor, index: Tensor) -> Tensor:  # [1, H, T, D] -> [R, H, L, D]
-        return t[0].index_select(1, index.flatten()).unflatten(1, index.shape).transpose(0, 1)
+        return cast(Tensor, t[0].index_select(1, index.flatten()).unflatten(1, index.shape)).transpose(0, 1)
 
     q, k, v = gather(query, layout.query_index), gather(key, layout.key_index), gather(value, layout.key_index)
     scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
@@ -188,7 +188,7 @@ def _varlen_attention(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max
         else:
             k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
     out = varlen(q, k, v, cu, cu, max_len, max_len, **options)
-    return out.unsqueeze(0)  # [1, T, H, D]
+    return cast(Tensor, out).unsqueeze(0)  # [1, T, H, D]
 
 
 @functools.cache

@@ -100,7 +100,8 @@ class TorchTrainer:
     def __init__(self, model_dir: str | Path, config: TrainerConfig, loss: LossConfig, *, device: str | torch.device = "cpu") -> None:
         self.config, self.loss = config, loss
         self.device = torch.device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=PACKED_ATTENTION).to(self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=PACKED_ATTENTION)
+        self.model.to(self.device)  # type: ignore[arg-type]  # transformers types .to's self oddly
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = _frozen_copy(self.model) if loss.use_kl_loss else None
@@ -238,7 +239,8 @@ class TorchTrainer:
             batch = collate([sequences[i] for i in batch_indices]).to(self.device)
             with self._autocast():
                 hidden = PackedDecoder(model)(batch.input_ids, batch.position_ids, batch.cu_seq_lens, batch.max_length, batch.layout)
-                logp, _ = chosen_logprobs(hidden[batch.pred_index], model.get_output_embeddings(), batch.targets, temperature=self.config.temperature)
+                head: nn.Module = model.get_output_embeddings()  # type: ignore[operator]  # an HF model's method
+                logp, _ = chosen_logprobs(hidden[batch.pred_index], head, batch.targets, temperature=self.config.temperature)
             sizes = [len(sequences[i]) - sequences[i].prompt_len for i in batch_indices]
             out.extend(logp.cpu().split(sizes))
         return out
@@ -272,6 +274,7 @@ class TorchTrainer:
                 p.grad = torch.zeros_like(p)
         bucket: list[Tensor] = []
         for p in params:
+            assert p.grad is not None, "only parameters with gradients are reduced"
             bucket.append(p.grad)
             if sum(g.numel() for g in bucket) >= bucket_elements or p is params[-1]:
                 flat = torch.cat([g.flatten() for g in bucket])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import socket
 import time
@@ -335,7 +336,7 @@ class TensorWeightSync(HTTPWeightSync):
             last = i == len(prepared) - 1
             body = {"serialized_named_tensors": [payload] * self.tp_size, "load_format": "flattened_bucket",
                     "flush_cache": last, "weight_version": weight_version if last else None}
-            await self._each(lambda engine: engine.call("POST", "/update_weights_from_tensor", body, idempotent=False))
+            await self._each(functools.partial(_post, path="/update_weights_from_tensor", body=body))
         return sum(t.numel() * t.element_size() for bucket in prepared for _, t in bucket), len(prepared)
 
 
@@ -360,10 +361,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _free_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _destroy_when_joined(future: Any) -> None:
     """The trainer's half of a failed rendezvous: leave the group if it formed after all."""
     if not future.cancelled() and future.exception() is None:
         future.result().destroy()
+
+
+async def _post(engine: EngineControlClient, *, path: str, body: dict[str, Any]) -> Any:
+    """A one-off POST to one engine (not retried: weight updates are not idempotent)."""
+    return await engine.call("POST", path, body, idempotent=False)

@@ -68,7 +68,7 @@ class RetrieverClient:
 def _documents(reply: Any) -> list[dict[str, Any]]:
     try:
         docs = reply["result"][0]
-        return [d["document"] if "document" in d else d for d in docs if isinstance(d, dict)] if isinstance(docs, list) else _bad(reply)
+        return [d.get("document", d) for d in docs if isinstance(d, dict)] if isinstance(docs, list) else _bad(reply)
     except (KeyError, IndexError, TypeError):
         return _bad(reply)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "search_r1"))
-from make_data import country_facts, documents, split  # noqa: E402
+from make_data import country_facts, documents, split
 
-from envs_contrib.search_r1.server import BM25Index  # noqa: E402
+from envs_contrib.search_r1.server import BM25Index
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_the_split_is_fixed_disjoint_and_half_two_hop(data):
 
 
 def test_every_answer_is_in_the_corpus_and_two_hop_answers_are_not_next_to_the_capital(data):
-    facts, docs, _, held_out = data
+    _, docs, _, held_out = data
     contents = [d["contents"] for d in docs]
     for q in held_out:
         assert any(q["golden_answers"][0] in c for c in contents), q

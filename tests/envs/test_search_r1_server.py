@@ -34,7 +34,7 @@ async def client(corpus):
 async def test_retrieve_ranks_by_bm25_in_search_r1s_format(client):
     async with client.post("/retrieve", json={"queries": ["currency of Peru", "capital of Japan", "zebra"], "topk": 2}) as r:
         result = (await r.json())["result"]
-    assert [d["id"] for d in result[0]][0] == "2"
+    assert result[0][0]["id"] == "2"
     assert result[1][0] == {"id": "3", "contents": '"Japan"\nTokyo is the capital of Japan. Its currency is the yen.'}
     assert result[2] == []  # no shared term: no results
     assert all(len(row) <= 2 for row in result)

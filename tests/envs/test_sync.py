@@ -51,7 +51,7 @@ class SleepyEnv(SyncEnv):
 async def test_calls_run_off_the_event_loop_thread() -> None:
     sync_env = SleepyEnv()
     env = from_sync(sync_env)
-    messages, info = await env.reset(TASK, seed=7)
+    messages, _ = await env.reset(TASK, seed=7)
     result = await env.step(Action("ls"))
     await env.close()
     assert messages == [{"role": "user", "content": "hi"}]

@@ -22,8 +22,8 @@ from agentrl.envs import (
     ToolOutputLimit,
     Wrapper,
 )
-from agentrl.errors import ConfigError, EnvStateError, EnvTimeoutError
 from agentrl.envs.wrappers import Tokenizer
+from agentrl.errors import ConfigError, EnvStateError, EnvTimeoutError
 from tests.envs.testing_env import GenericTestEnv, Opening, StepFunc
 
 TASK = Task("hi")

@@ -371,8 +371,8 @@ async def test_bfloat16_engine_log_probs_stay_within_bf16_noise_of_fp32(smollm2_
     assert gap.mean() < 0.1 and gap.max() < 0.3, gap
 
 
-async def _until(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _until(condition, limit_s: float = 30.0) -> None:
+    deadline = time.monotonic() + limit_s
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)

@@ -9,7 +9,7 @@ import pytest
 
 from agentrl.envs import Action, Env, MaxTurns, StepResult, Task
 from agentrl.errors import PolicyError
-from agentrl.policies import Generation, Policy, ScriptedPolicy, SamplingParams
+from agentrl.policies import Generation, Policy, ScriptedPolicy
 from agentrl.rollout import ChatRenderer, RolloutConfig, RolloutRunner, Termination, Trajectory, derive_seed, summarize
 from tests.envs.testing_env import GenericTestEnv
 from tests.rollout.tag_env import TagSearchEnv

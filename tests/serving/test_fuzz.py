@@ -110,9 +110,12 @@ def one_torch_thread():
 
 @pytest.fixture
 async def served(tiny_model, tokenizer, tiny_dir, one_torch_thread):
-    async with EmbeddedEngine(tiny_model, tokenizer, seed=0) as engine, SGLangServer(engine, tokenizer, model_path=str(tiny_dir)) as server:
-        async with aiohttp.ClientSession(server.url, timeout=aiohttp.ClientTimeout(total=30)) as http:
-            yield engine, http
+    async with (
+        EmbeddedEngine(tiny_model, tokenizer, seed=0) as engine,
+        SGLangServer(engine, tokenizer, model_path=str(tiny_dir)) as server,
+        aiohttp.ClientSession(server.url, timeout=aiohttp.ClientTimeout(total=30)) as http,
+    ):
+        yield engine, http
 
 
 async def good(http: aiohttp.ClientSession, i: int) -> dict:

@@ -3,6 +3,7 @@ trainer's optimizer sees them step by step."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -20,7 +21,7 @@ def test_linear_and_cosine_reach_min_lr_at_decay_iters_and_stay():
     for style in ("linear", "cosine"):
         values = [learning_rate(s, lr=1.0, min_lr=0.1, warmup=0, decay_iters=10, style=style) for s in range(14)]
         assert values[0] == 1.0 and values[10:] == [0.1] * 4
-        assert all(a >= b for a, b in zip(values, values[1:]))
+        assert all(a >= b for a, b in itertools.pairwise(values))
     assert learning_rate(5, lr=1.0, min_lr=0.0, warmup=0, decay_iters=10, style="linear") == 0.5
     assert learning_rate(5, lr=1.0, min_lr=0.0, warmup=0, decay_iters=10, style="cosine") == pytest.approx(0.5)
     assert learning_rate(2, lr=1.0, min_lr=0.0, warmup=0, decay_iters=10, style="cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))

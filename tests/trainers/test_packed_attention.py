@@ -3,6 +3,8 @@ the padded-batch path everywhere, PyTorch's varlen flash kernel on CUDA."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -31,7 +33,7 @@ def run(q, k, v):
     module = nn.Module().eval()
     cu = cumulative_lengths(LENGTHS, q.device)
     bounds = cu.tolist()
-    layout = attention_layout(list(zip(bounds[:-1], bounds[1:])), [(0, 0)] * len(LENGTHS)).to(q.device)
+    layout = attention_layout(list(itertools.pairwise(bounds)), [(0, 0)] * len(LENGTHS)).to(q.device)
     out, _ = packed_attention(module, q, k, v, None, cu_seq_lens_q=cu, max_length_q=max(LENGTHS), attention_layout=layout)
     return out
 
