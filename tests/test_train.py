@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -200,7 +201,7 @@ def test_a_run_whose_every_episode_fails_exits_nonzero_with_the_traceback_and_sa
 
 
 def _children(pid):
-    return [int(p) for p in (open(f"/proc/{pid}/task/{pid}/children").read().split())]
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _alive(pid):
@@ -208,7 +209,7 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def _wait_for_step(proc, out, step, timeout=300):
