@@ -45,16 +45,17 @@ import aiohttp
 
 from agentrl.engines.health import probe
 from agentrl.engines.launch import (
+    Engine,
     EngineLaunchError,
     EngineSpec,
     ExternalEngine,
     LaunchedEngine,
 )
+from agentrl.engines.process import ProcessOwner
 from agentrl.engines.router import RouterClient, RouterProcess, RouterSpec
 from agentrl.errors import ConfigError, PolicyError
 
 log = logging.getLogger(__name__)
-Engine = LaunchedEngine | ExternalEngine
 
 
 class FleetError(PolicyError):
@@ -135,13 +136,12 @@ class EngineFleet:
             raises fails the fleet.
     """
 
-    def __init__(self, engines: Sequence[EngineSpec | str], run_dir: str | Path, *, router: RouterSpec | None = None,
+    def __init__(self, engines: Sequence[EngineSpec | str | Engine], run_dir: str | Path, *, router: RouterSpec | None = None,
                  config: FleetConfig | None = None, on_event: EventHook | None = None) -> None:
         if not engines:
             raise ConfigError("EngineFleet needs at least one engine (an EngineSpec or an external URL)")
         self.run_dir, self.config, self._on_event = Path(run_dir), config or FleetConfig(), on_event
-        self._all: list[Engine] = [LaunchedEngine(e, f"engine-{i}", self.run_dir) if isinstance(e, EngineSpec) else ExternalEngine(e, f"external-{i}")
-                                   for i, e in enumerate(engines)]
+        self._all: list[Engine] = [_engine(e, i, self.run_dir) for i, e in enumerate(engines)]
         names = [e.name for e in self._all]
         if len(set(names)) < len(names):
             raise ConfigError(f"EngineFleet: engine names must differ, got {names}")
@@ -202,7 +202,8 @@ class EngineFleet:
         self.state, self._host = FleetState.RUNNING, asyncio.current_task()
         self._session = aiohttp.ClientSession()
         try:
-            await _first_error(self._launch(p) for p in [*([self.router] if self.router else []), *self._all])
+            starting: list[Engine | RouterProcess] = [*([self.router] if self.router else []), *self._all]
+            await _first_error(self._launch(p) for p in starting)
             self._live = list(self._all)
             await _first_error(self._register(e) for e in self._live)
         except BaseException:
@@ -260,7 +261,8 @@ class EngineFleet:
         await engine.start(self._session, self.config.start_timeout_s)
         if isinstance(engine, RouterProcess):
             self._registry = RouterClient(engine.url)
-        log.info("%s ready at %s (pid %s)", engine.name, engine.url, engine.process.pid if engine.process else None)
+        process = engine.process if isinstance(engine, ProcessOwner) else None
+        log.info("%s ready at %s (pid %s)", engine.name, engine.url, process.pid if process else None)
 
     async def _register(self, engine: Engine) -> None:
         if self._registry is not None:
@@ -284,7 +286,7 @@ class EngineFleet:
         while True:
             await asyncio.sleep(self.config.interval_s)
             reason = await self._check(engine)
-            exited = _exit_status(engine) is not None
+            exited = engine.exit_status() is not None
             if reason is None or (self._holds and not exited):
                 failures = 0
                 continue
@@ -297,9 +299,9 @@ class EngineFleet:
             failures = 0
 
     async def _check(self, engine: Engine) -> str | None:
-        status = _exit_status(engine)
+        status = engine.exit_status()
         if status is not None:
-            return f"its process exited with status {status}"
+            return f"its process exited with status {status}" if isinstance(status, int) else str(status)
         assert self._session is not None
         return await probe(self._session, engine.url, self.config.probe_timeout_s)
 
@@ -308,7 +310,7 @@ class EngineFleet:
         self._live.remove(engine)
         if self._registry is not None:
             await self._registry.remove(engine.url, self.config.router_timeout_s)
-        if isinstance(engine, LaunchedEngine) and await self._relaunch(engine):
+        if engine.launched and await self._relaunch(engine):
             self.restarts += 1
             await self._emit(FleetEvent("restarted", engine.name, engine.url, reason))
             await self._register(engine)
@@ -321,7 +323,7 @@ class EngineFleet:
             raise FleetError(f"every engine was dropped; the last, {engine.name} ({engine.url}): {reason}")
         return False
 
-    async def _relaunch(self, engine: LaunchedEngine) -> bool:
+    async def _relaunch(self, engine: Engine) -> bool:
         """Kill and relaunch ``engine`` until it is healthy or has had ``max_restarts`` relaunches."""
         await engine.kill()
         while engine.launches <= self.config.max_restarts:
@@ -354,11 +356,6 @@ class EngineFleet:
             self._host.cancel()
 
 
-def _exit_status(engine: Engine) -> int | None:
-    """The exit status of a launched engine whose process has exited; ``None`` for any other."""
-    return engine.process.returncode if isinstance(engine, LaunchedEngine) and engine.process else None
-
-
 async def _first_error(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run the coroutines ``calls`` concurrently; on the first failure cancel the rest and raise it."""
     try:
@@ -367,3 +364,12 @@ async def _first_error(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
                 group.create_task(call)
     except BaseExceptionGroup as group:
         raise group.exceptions[0] from None
+
+
+def _engine(engine: EngineSpec | str | Engine, index: int, run_dir: Path) -> Engine:
+    """An engine of the fleet from what the caller gave: a spec to launch, a URL to attach, or one built already."""
+    if isinstance(engine, EngineSpec):
+        return LaunchedEngine(engine, f"engine-{index}", run_dir)
+    if isinstance(engine, str):
+        return ExternalEngine(engine, f"external-{index}")
+    return engine

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -91,6 +91,42 @@ def url_of(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+class Engine(Protocol):
+    """What :class:`~agentrl.engines.fleet.EngineFleet` needs of an engine: a launched process
+    (:class:`LaunchedEngine`), one on a Ray node (:class:`agentrl.launch.ray_engines.ActorEngine`),
+    or somebody else's server (:class:`ExternalEngine`).
+
+    Attributes:
+        name: what logs and errors call it.
+        url: where it serves (after its first start).
+        launched: whether this side started it, and so may stop, kill and relaunch it.
+        launches: how many times it was started (relaunches count).
+    """
+
+    name: str
+    launched: bool
+    launches: int
+
+    @property
+    def url(self) -> str: ...
+
+    async def start(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
+        """(Re)start it and wait until ``/health_generate`` answers; raise :class:`EngineLaunchError` if not."""
+
+    def exit_status(self) -> int | str | None:
+        """Why it is gone, without waiting (an exit status, or a reason), or ``None`` while it runs
+        (and always for an engine this side did not start)."""
+
+    async def stop(self, grace_s: float) -> bool:
+        """SIGTERM, ``grace_s`` to exit, then SIGKILL; whether it is gone."""
+
+    async def kill(self) -> bool:
+        """SIGKILL it and wait, bounded; whether it is gone."""
+
+    def kill_now(self) -> None:
+        """SIGKILL it without waiting."""
+
+
 class LaunchedEngine(ProcessOwner):
     """An engine this process launches from ``spec``, and relaunches after a failure.
 
@@ -108,6 +144,10 @@ class LaunchedEngine(ProcessOwner):
         self.launches = 0
         self.process: ManagedProcess | None = None
         self._port = spec.port
+
+    def exit_status(self) -> int | None:
+        """The exit status of its process once it exited, else ``None``."""
+        return self.process.returncode if self.process is not None else None
 
     @property
     def url(self) -> str:
@@ -137,7 +177,11 @@ class ExternalEngine:
     """An engine somebody else runs at ``url``: attached by address, health-checked, never signalled."""
 
     launched = False
-    process = None
+    launches = 1
+
+    def exit_status(self) -> None:
+        """Nothing: this side did not start it (health checks tell whether it serves)."""
+        return None
 
     def __init__(self, url: str, name: str) -> None:
         if not url.startswith(("http://", "https://")):

@@ -8,6 +8,11 @@ Every wait on a child is bounded and polled with ``asyncio.sleep``, so stopping 
 the event loop; a child that outlives a wait is logged, naming what was waited for. Every started
 child is registered until it is reaped: :func:`kill_started_processes` (synchronous, bounded,
 safe in a signal handler; run at interpreter exit) kills what is left.
+
+A child cannot outlive the process that started it, even one killed with SIGKILL (no handler
+runs then: ``kill -9`` of ``agentrl train``, Ray killing an actor when its job stops): on Linux
+it runs under :data:`ORPHAN_GUARD`, which asks the kernel for SIGKILL when its parent dies
+(``PR_SET_PDEATHSIG``) and then execs the command.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +37,14 @@ at once only when stuck in the kernel, e.g. in a GPU driver call)."""
 
 POLL_S = 0.05
 """How often a wait on a process looks whether it exited."""
+
+ORPHAN_GUARD = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(1)  # the parent died before the prctl\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+"""``python -c ORPHAN_GUARD PARENT_PID ARGV...``: runs ARGV, SIGKILLed when its parent dies."""
 
 log = logging.getLogger(__name__)
 _started: dict[int, ManagedProcess] = {}  # id(process) -> process, from its start until it is reaped
@@ -67,7 +81,7 @@ class ManagedProcess:
         with open(self.log_path, "ab") as log_file:
             log_file.write(f"\n# agentrl: {time.strftime('%Y-%m-%d %H:%M:%S')} launching {self.name}: {shlex.join(self.command)}\n".encode())
             log_file.flush()
-            self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            self._proc = subprocess.Popen(_guarded(self.command), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                           env=self._env, start_new_session=True)
         _started[id(self)] = self
 
@@ -166,6 +180,13 @@ class ManagedProcess:
     def _forget(self) -> None:
         self._reaped = True
         _started.pop(id(self), None)
+
+
+def _guarded(command: list[str]) -> list[str]:
+    """``command`` under :data:`ORPHAN_GUARD` where the kernel offers it (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-c", ORPHAN_GUARD, str(os.getpid()), *command]
 
 
 def kill_started_processes(timeout_s: float = 5.0) -> list[str]:

@@ -144,3 +144,30 @@ def test_kill_started_processes_works_from_a_sigterm_handler_though_the_children
                 if not pid_gone(pid):
                     os.kill(pid, signal.SIGKILL)
     assert pids and all(map(pid_gone, pids))
+
+
+def test_a_child_dies_with_the_process_that_started_it_even_under_sigkill(tmp_path):
+    """No handler runs on SIGKILL (kill -9, Ray killing an actor): the kernel must kill the child."""
+    marker = tmp_path / "child.pid"
+    starter = (
+        "import asyncio, sys, time\n"
+        "from pathlib import Path\n"
+        "from agentrl.engines.process import ManagedProcess\n"
+        f"p = ManagedProcess('sleeper', [sys.executable, '-c', 'import time; time.sleep(600)'], Path({str(tmp_path / 'log')!r}))\n"
+        "p.start()\n"
+        f"Path({str(marker)!r}).write_text(str(p.pid))\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", starter])
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert parent.poll() is None and time.monotonic() < deadline, "the starter never started its child"
+        time.sleep(0.05)
+    child = int(marker.read_text())
+    time.sleep(0.5)  # the guard has exec'd the command by now
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not pid_gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pid_gone(child), "the child outlived its SIGKILLed parent"
