@@ -22,7 +22,7 @@ import numpy as np
 from scipy.stats import bootstrap
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def eval_outcomes(run: Path, name: str) -> dict[int, dict[int, dict[str, Any]]]:
