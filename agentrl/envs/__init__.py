@@ -49,3 +49,4 @@ __all__ = [
 ]
 
 register("agentrl/Math-v0", "agentrl.envs.math_env:MathEnv")
+register("agentrl/AgentProgram-v0", "agentrl.envs.agent_program:AgentProgramEnv")

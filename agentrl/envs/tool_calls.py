@@ -3,8 +3,10 @@
 A parser never drops a call: text that looks like a call but does not parse still yields a
 ``ToolCall`` with ``error`` set, so the env can tell the model what went wrong.
 
-Parsers are named in config (``tool_parser: hermes``) or given as a dotted path to any callable
-of type :class:`ToolCallParser`.
+Parsers are named in config (``tool_parser: hermes``, ``llama3``, ``none``; ``--tool-parser``) or
+given as a dotted path to any callable of type :class:`ToolCallParser`. Every parser returns calls
+in the order they appear, each with ``raw`` set to the exact text it was read from, so a caller can
+remove the calls from the text (the OpenAI endpoint's message ``content``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from agentrl.errors import ConfigError
 
 
 class ToolCallParser(Protocol):
+    """``parser(text) -> calls``: every call in ``text``, malformed ones with ``error`` set."""
+
     def __call__(self, text: str) -> tuple[ToolCall, ...]: ...
 
 
@@ -64,11 +68,45 @@ def _parse_json_call(raw: str, body: str) -> ToolCall:
     return ToolCall(raw=raw, name=payload["name"], arguments=arguments)
 
 
-TOOL_PARSERS: dict[str, ToolCallParser] = {"none": parse_none, "hermes": parse_hermes}
+_PYTHON_TAG = "<|python_tag|>"
+
+
+def parse_llama3(text: str) -> tuple[ToolCall, ...]:
+    """Llama 3.1+ JSON tool calls: the turn is one or more ``{"name": ..., "parameters": {...}}``
+    objects (``"arguments"`` is read too), separated by ``;``, optionally after ``<|python_tag|>``.
+
+    Only a turn that starts with ``{`` (after the tag and whitespace) holds calls; prose is not
+    a call. Text that starts like a call but is not a JSON object with a string ``name`` (a turn
+    cut by its length limit, say) gives one call with ``error``.
+    """
+    body = text.strip()
+    if body.startswith(_PYTHON_TAG):
+        body = body[len(_PYTHON_TAG):].lstrip()
+    if not body.startswith("{"):
+        return ()
+    decoder, at = json.JSONDecoder(), 0
+    calls: list[ToolCall] = []
+    while at < len(body):
+        try:
+            payload, end = decoder.raw_decode(body, at)
+        except json.JSONDecodeError as e:
+            return (*calls, ToolCall(raw=body[at:], error=f"tool call is not valid JSON: {e.msg} at column {e.colno}"))
+        raw = body[at:end]
+        if isinstance(payload, dict) and "parameters" in payload and "arguments" not in payload:
+            payload = {"name": payload.get("name"), "arguments": payload["parameters"]}
+        calls.append(_parse_json_call(raw, json.dumps(payload)))
+        rest = body[end:].lstrip().removeprefix(";").lstrip()
+        if not rest.startswith("{"):  # prose after the calls is not a call
+            break
+        at = len(body) - len(rest)
+    return tuple(calls)
+
+
+TOOL_PARSERS: dict[str, ToolCallParser] = {"none": parse_none, "hermes": parse_hermes, "llama3": parse_llama3}
 
 
 def get_tool_parser(name: str) -> ToolCallParser:
-    """A parser by registered name (``none``, ``hermes``) or dotted path ``pkg.module:function``."""
+    """A parser by registered name (``none``, ``hermes``, ``llama3``) or dotted path ``pkg.module:function``."""
     if name in TOOL_PARSERS:
         return TOOL_PARSERS[name]
     module_name, sep, attr = name.partition(":")

@@ -187,6 +187,19 @@ class TokenConversation:
         self.segments.append(Segment(prompt_ids=ids))
         self._text = self.renderer.decode(ids)
 
+    def restart(self, messages: list[Message], *, tools: list[dict[str, Any]] | None = None) -> None:
+        """Continue from ``messages`` in a new segment whose prompt is their canonical rendering.
+
+        For a client that rewrote its own history (truncated, edited or reordered it, or changed
+        its tools), as the OpenAI endpoint's sessions see: the tokens recorded so far stay in
+        their segments and the rewrite is counted in ``prefix_mismatches``, in every mode (it is
+        the client's doing, not the template's, so ``append`` mode does not raise).
+        """
+        self.messages, self.tools = list(messages), tools
+        self._prefill = _prefill(self.messages)
+        self.prefix_mismatches += 1
+        self._start_segment()
+
     def _start_segment(self) -> None:
         text = self.renderer.render(self.messages, tools=self.tools, add_generation_prompt=True)
         self.segments.append(Segment(prompt_ids=self.renderer.encode(text)))

@@ -10,6 +10,10 @@
   env. An env that raises or hangs ends only its own episode (``env_error`` / ``timeout``);
   an engine failure ends it as ``abort``. A bug in the runner itself is not swallowed.
 
+An env that drives its own episode (an agent program: :class:`~agentrl.rollout.driven.DrivenEnv`)
+gets the episode handed over instead of the turn loop; the rest (timeouts, failure
+classification, close, the record) is the same.
+
 Partial rollout (slime's ``--partial-rollout``): an episode played with an
 :class:`~agentrl.rollout.interrupt.Interrupt` that keeps partial work is not ended by the
 interrupt's abort but *suspended*: :meth:`RolloutRunner.resume_episode` gets back a
@@ -27,7 +31,7 @@ import math
 import random
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -38,6 +42,7 @@ from agentrl.envs.tool_calls import get_tool_parser
 from agentrl.errors import EnvError, EnvTimeoutError, PolicyError
 from agentrl.policies.base import Generation, Policy, SamplingParams
 from agentrl.rollout.conversation import BridgeMode, ChatRenderer, TokenConversation
+from agentrl.rollout.driven import DrivenEnv, EpisodeContext
 from agentrl.rollout.interrupt import Interrupt
 from agentrl.rollout.trajectory import Termination, Trajectory
 
@@ -295,9 +300,12 @@ class RolloutRunner:
             if episode.env is None:
                 episode.env = self._make_env()
             async with asyncio.timeout(self.config.episode_timeout_s):
-                if episode.conversation is None:
-                    await self._start(episode.env, episode)
-                await self._turns(episode.env, episode, interrupt)
+                if isinstance(episode.env.unwrapped, DrivenEnv):
+                    await self._play_driven(episode.env.unwrapped, episode, interrupt)
+                else:
+                    if episode.conversation is None:
+                        await self._start(episode.env, episode)
+                    await self._turns(episode.env, episode, interrupt)
         except TimeoutError:
             episode.end(Termination.TIMEOUT, f"episode exceeded episode_timeout_s={self.config.episode_timeout_s}")
         except EnvTimeoutError as e:
@@ -343,6 +351,33 @@ class RolloutRunner:
         reset = env.reset(episode.task, seed=self._reset_seed(episode))
         messages = _reset_messages(await self._env_call(reset, "reset", episode))
         episode.conversation = TokenConversation(self.renderer, messages, tools=env.tools, mode=self.config.bridge_mode)
+
+    async def _play_driven(self, env: DrivenEnv, episode: _Episode, interrupt: Interrupt | None) -> None:
+        """Hand the episode to an env that plays it itself (:mod:`agentrl.rollout.driven`) and
+        record what it returns; its generation goes through ``interrupt`` and is timed."""
+        async def generate(input_ids: Sequence[int], sampling: SamplingParams, rid: str) -> Generation:
+            started = time.perf_counter()
+            try:
+                if interrupt is None:
+                    return await self.policy.generate(input_ids, sampling, rid=rid)
+                return await interrupt.generate(self.policy, input_ids, sampling, rid=rid)
+            finally:
+                episode.generate_s += time.perf_counter() - started
+
+        context = EpisodeContext(episode.task, self._reset_seed(episode), self._episode_seed(episode),
+                                 f"{episode.task.index}-{episode.sample_index}-{id(episode):x}", self.config, self.renderer, generate)
+        try:
+            played = await env.play_episode(context)
+        except (EnvError, PolicyError):
+            raise
+        except Exception as e:
+            raise EnvError(f"env.play_episode raised {type(e).__name__}: {e}") from e
+        if not all(isinstance(r, (int, float)) and math.isfinite(r) for r in played.rewards):
+            raise EnvError(f"env.play_episode returned rewards {played.rewards!r:.200}; expected finite floats")
+        _check_info(played.info, "env.play_episode")
+        episode.conversation, episode.rewards, episode.info = played.conversation, list(played.rewards), played.info
+        episode.turns, episode.weight_versions = played.turns, list(played.weight_versions)
+        episode.end(played.termination, played.error)
 
     async def _turns(self, env: Env, episode: _Episode, interrupt: Interrupt | None) -> None:
         """Play turns until the episode ends (or is suspended by ``interrupt``)."""
