@@ -257,12 +257,17 @@ class ToolOutputLimit(Wrapper):
         content = message.get("content")
         if not isinstance(content, str):
             return message
-        ids = self.tokenizer.encode(content, add_special_tokens=False)
-        if len(ids) <= self.max_tokens:
-            return message
-        kept = self.tokenizer.decode(ids[: self.max_tokens]).rstrip("\ufffd")
-        marker = f"\n[... truncated {len(ids) - self.max_tokens} tokens]"
-        return {**message, "content": kept + marker}
+        return {**message, "content": truncate_tokens(content, self.max_tokens, self.tokenizer)}
+
+
+def truncate_tokens(text: str, max_tokens: int, tokenizer: Tokenizer) -> str:
+    """``text`` cut to ``max_tokens`` tokens with a visible marker, as :class:`ToolOutputLimit`
+    cuts (unchanged when it fits)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= max_tokens:
+        return text
+    kept = tokenizer.decode(ids[:max_tokens]).rstrip("\ufffd")
+    return kept + f"\n[... truncated {len(ids) - max_tokens} tokens]"
 
 
 class EpisodeStatistics(Wrapper):

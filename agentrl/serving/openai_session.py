@@ -112,7 +112,8 @@ class Session:
             generations = await self._sample(context, sampling, request.n)
             raw = self.conversation.add_generation(generations[0])
             self.weight_versions.append(generations[0].weight_version)
-            choices = [self._choice(g, raw if i == 0 else prefill + self.renderer.decode_action(g.token_ids), i) for i, g in enumerate(generations)]
+            texts = [raw] + [prefill + self.renderer.decode_action(g.token_ids) for g in generations[1:]]
+            choices = [self._choice(g, text, i, parse=request.parse_tools) for i, (g, text) in enumerate(zip(generations, texts))]
             self.turns += 1
             if self.config.end_on_length and generations[0].finish_reason == "length":
                 self._end(Termination.LENGTH, f"turn {self.turns} reached its budget of {sampling.max_new_tokens} tokens")
@@ -175,8 +176,8 @@ class Session:
             self._end(Termination.ABORT, "the request was aborted (the rollout step ended)", status=503)
         return generations
 
-    def _choice(self, generation: Generation, raw: str, index: int) -> Choice:
-        calls = self.parser(raw)
+    def _choice(self, generation: Generation, raw: str, index: int, *, parse: bool) -> Choice:
+        calls = self.parser(raw) if parse else ()
         choice = make_choice(generation, raw, calls, call_id=f"call_{self.turns}_{index}" if index else f"call_{self.turns}")
         self._returned[assistant_key(choice.message)] = raw
         return choice

@@ -38,3 +38,16 @@ def test_parser_lookup():
         get_tool_parser("xml")
     with pytest.raises(ConfigError, match="could not be loaded"):
         get_tool_parser("agentrl.nope:f")
+
+
+def test_llama3_calls_parse_with_parameters_or_arguments_and_separators():
+    from agentrl.envs.tool_calls import parse_llama3
+
+    text = '<|python_tag|>{"name": "add", "parameters": {"a": 1}}; {"name": "f", "arguments": {"k": "v"}} and some prose'
+    first, second = parse_llama3(text)
+    assert first == ToolCall(raw='{"name": "add", "parameters": {"a": 1}}', name="add", arguments={"a": 1})
+    assert (second.name, second.arguments, second.error) == ("f", {"k": "v"}, None)
+    assert parse_llama3("The answer is {5}.") == ()
+    [cut] = parse_llama3('{"name": "add", "parameters": {"a": 1')
+    assert cut.name is None and cut.error.startswith("tool call is not valid JSON")
+    assert get_tool_parser("llama3") is parse_llama3
