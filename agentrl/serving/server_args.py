@@ -1,8 +1,10 @@
 """The options of ``agentrl serve``, under SGLang's ``ServerArgs`` names and flags.
 
 ``--model-path`` (alias ``--model``), ``--host``, ``--port``, ``--dtype``, ``--device``,
-``--served-model-name``, ``--random-seed`` and ``--max-running-requests`` mean what they mean
-for ``python -m sglang.launch_server``; ``--port 0`` (agentrl only) takes a free port.
+``--served-model-name``, ``--random-seed``, ``--max-running-requests`` and ``--tool-call-parser``
+mean what they mean for ``python -m sglang.launch_server``; ``--port 0`` (agentrl only) takes a
+free port; ``--enable-openai-api`` (agentrl only; SGLang always serves it) adds the OpenAI
+endpoint with recorded sessions (:mod:`agentrl.serving.openai_api`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class ServerArgs:
         served_model_name: the name reported to clients; ``None`` means ``model_path``.
         random_seed: seeds the engine's per-request seeds; ``None`` draws one.
         max_running_requests: most requests decoded together; more wait.
+        enable_openai_api: also serve ``/v1/chat/completions``, ``/v1/models`` and ``/sessions``.
+        tool_call_parser: how that endpoint reads tool calls (agentrl's parser names:
+            ``hermes``, ``llama3``, ``none``, or ``pkg.module:function``).
     """
 
     model_path: str
@@ -41,6 +46,8 @@ class ServerArgs:
     served_model_name: str | None = None
     random_seed: int | None = None
     max_running_requests: int = 64
+    enable_openai_api: bool = False
+    tool_call_parser: str = "hermes"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -60,6 +67,8 @@ class ServerArgs:
         parser.add_argument("--served-model-name", default=None, help="name reported to clients (default: the model path)")
         parser.add_argument("--random-seed", type=int, default=None)
         parser.add_argument("--max-running-requests", type=int, default=64, help="most requests decoded together")
+        parser.add_argument("--enable-openai-api", action="store_true", help="also serve the OpenAI API (/v1/chat/completions) with recorded sessions")
+        parser.add_argument("--tool-call-parser", default="hermes", help="tool-call format of the OpenAI API: hermes, llama3, none or pkg.module:function")
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from aiohttp import web
@@ -165,14 +165,16 @@ class SGLangServer:
 
     ``port=0`` takes a free port; :attr:`url` tells which. Binds to localhost by default. On
     exit, requests still being answered get ``SHUTDOWN_TIMEOUT_S`` seconds before they are
-    cancelled.
+    cancelled. ``extra_routes`` are served beside SGLang's (``agentrl serve --enable-openai-api``
+    mounts the OpenAI endpoint's there).
     """
 
     SHUTDOWN_TIMEOUT_S = 5.0
 
     def __init__(self, policy: Policy, tokenizer: PreTrainedTokenizerBase, *, model_path: str = "", host: str = "127.0.0.1",
-                 port: int = 0, server_args: Mapping[str, Any] | None = None) -> None:
+                 port: int = 0, server_args: Mapping[str, Any] | None = None, extra_routes: Sequence[web.RouteDef] = ()) -> None:
         self.api = SGLangAPI(policy, tokenizer, model_path, server_args)
+        self.extra_routes = list(extra_routes)
         self.host, self.port = host, port
         self._runner: web.AppRunner | None = None
 
@@ -186,7 +188,9 @@ class SGLangServer:
         Raises:
             OSError: the address cannot be bound (in use, unknown host); nothing is left open.
         """
-        self._runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=self.SHUTDOWN_TIMEOUT_S)
+        app = self.api.app()
+        app.add_routes(self.extra_routes)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, self.host, self.port).start()

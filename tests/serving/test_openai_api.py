@@ -155,3 +155,16 @@ async def test_embedded_engine_tokens_are_recorded_verbatim(tiny_llama_dir):
     assert len(segment["response_ids"]) == response.usage.completion_tokens and set(segment["loss_mask"]) == {1}
     assert segment["rollout_logprobs"] == [t.logprob for t in response.choices[0].logprobs.content]
     assert response.choices[0].finish_reason in ("length", "stop")
+
+
+async def test_agentrl_serve_exposes_the_openai_api_beside_sglangs(tiny_dir):
+    from tests.serving.conftest import agentrl_serve
+
+    with agentrl_serve("--model-path", str(tiny_dir), "--port", "0", "--dtype", "float32", "--enable-openai-api", "--tool-call-parser", "llama3",
+                       "--served-model-name", "tiny") as (_, url):
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as c:
+            assert [m.id for m in (await c.models.list()).data] == ["tiny"]
+            response = await c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        async with aiohttp.ClientSession(url) as http, http.post("/generate", json={"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 2}}) as r:
+            assert r.status == 200
+    assert response.usage.completion_tokens <= 4 and response.choices[0].finish_reason in ("length", "stop")
