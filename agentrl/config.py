@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import inspect
 import json
+import logging
 import math
 import types
 import typing
@@ -34,7 +36,9 @@ from typing import Any, cast
 import torch
 import yaml
 
-from agentrl.data import utf8_lines
+from agentrl.checkpoint import LATEST
+from agentrl.compat.slime_flags import SLIME_ROLLOUT_FUNCTION, log_notes, split_slime_flags
+from agentrl.data import split_row_slice, utf8_lines
 from agentrl.engines.backend import BackendConfig
 from agentrl.engines.flags import split_prefixed
 from agentrl.envs import registration
@@ -73,6 +77,9 @@ class Range:
         return text + "".join(f" (or {v:g})" for v in self.also)
 
 
+HINT_CUTOFF = 0.75
+"""How similar an unknown flag must be to a known one to be offered as "did you mean"."""
+
 AT_LEAST_1 = Range(ge=1)
 NON_NEGATIVE = Range(ge=0)
 POSITIVE = Range(gt=0)
@@ -80,6 +87,7 @@ BETA = Range(ge=0, lt=1)
 
 
 _Config = typing.TypeVar("_Config", bound="EpisodeConfig")
+log = logging.getLogger(__name__)
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -244,9 +252,47 @@ class TrainConfig(EpisodeConfig):
     load: str | None = opt(None, "checkpoint directory to resume from")
     save_interval: int | None = opt(None, "save a checkpoint every N steps (and at the end)", range=AT_LEAST_1)
     deterministic: bool = opt(False, "reproducible sampled tokens (engine decodes requests in a fixed order)")
+    # --- slime compatibility: slime's flags with slime's meanings (agentrl/compat/, README "Coming from slime")
+    reward_key: str | None = opt(None, "when the reward function returns a dict, the key of the number to train on (e.g. score for --rm-type dapo)")
+    eval_reward_key: str | None = opt(None, "--reward-key for evaluation (default: --reward-key)")
+    eval_input_key: str | None = opt(None, "--input-key of the eval datasets (default: --input-key)")
+    eval_label_key: str | None = opt(None, "--label-key of the eval datasets (default: --label-key)")
+    eval_top_p: float | None = opt(None, "eval top-p (default: --rollout-top-p)", range=Range(gt=0, le=1))
+    eval_top_k: int | None = opt(None, "eval top-k, -1 for all (default: --rollout-top-k)", range=Range(ge=1, also=(-1,)))
+    eval_max_response_len: int | None = opt(None, "eval token budget of one turn (default: --rollout-max-response-len)", range=AT_LEAST_1)
+    eval_max_context_len: int | None = opt(None, "eval token budget of prompt plus turns (default: --rollout-max-context-len)", range=AT_LEAST_1)
+    rollout_max_prompt_len: int | None = opt(None, "leave out training prompts longer than this many tokens, rendered (slime filters them at start)",
+                                             range=AT_LEAST_1)
+    rollout_skip_special_tokens: bool = opt(False, "generate functions get skip_special_tokens in sampling_params (the response text without them)")
+    rollout_seed: int = opt(42, "slime's seed of GenerateState.group_sampling_seeds (with --sglang-enable-deterministic-inference); "
+                                "agentrl's data order and sampling seeds derive from --seed")
+    rollout_function_path: str = opt(SLIME_ROLLOUT_FUNCTION, "slime's rollout loop, which agentrl's loop is; another is refused "
+                                                             "(customise episodes with --custom-generate-function-path or --env)")
+    ref_load: str | None = opt(None, "slime's reference checkpoint: agentrl's reference model is --hf-checkpoint's weights; with --ref-load "
+                                     "set, a --load directory holding no checkpoint starts the run fresh, as in slime")
+    kl_coef: float = opt(0.0, "slime's KL reward shaping: only 0 (a KL penalty is --use-kl-loss --kl-loss-coef)", range=NON_NEGATIVE)
+    loss_type: str = opt("policy_loss", "the loss: policy_loss (slime's sft_loss and custom_loss are not implemented)", choices=("policy_loss",))
+    optimizer: str = opt("adam", "adam: AdamW, weight decay decoupled as in Megatron's adam", choices=("adam",))
+    adam_eps: float = opt(1e-8, "AdamW epsilon", range=POSITIVE)
+    lr_warmup_fraction: float | None = opt(None, "linear warmup over this fraction of the decay steps (overrides --lr-warmup-iters)",
+                                           range=Range(ge=0, le=1))
+    custom_config_path: str | None = opt(None, "YAML mapping whose keys become attributes of the args slime plug-ins get")
+    use_wandb: bool = opt(False, "also log metrics to Weights & Biases (pip install 'agentrl[wandb]'; --wandb-mode offline needs no network)")
+    wandb_project: str | None = opt(None, "W&B project")
+    wandb_group: str | None = opt(None, "W&B group (also the run name's stem)")
+    wandb_team: str | None = opt(None, "W&B entity (team)")
+    wandb_key: str | None = opt(None, "W&B API key (default: the WANDB_API_KEY environment variable or a stored login)")
+    wandb_host: str | None = opt(None, "W&B server URL")
+    wandb_mode: str | None = opt(None, "online, offline (written to --wandb-dir, synced later) or disabled (default: WANDB_MODE, else online)",
+                                 choices=("online", "offline", "disabled"))
+    wandb_dir: str | None = opt(None, "W&B files (default: OUTPUT_DIR)")
+    wandb_run_id: str | None = opt(None, "W&B run id, to resume a run")
+    disable_wandb_random_suffix: bool = opt(False, "name the W&B run --wandb-group exactly, without a random suffix")
+    slime_args: dict[str, Any] = opt({}, "slime flags accepted without an effect here, as slime plug-ins see them in args", cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _validate_slime(self)
         _validate_training(self)
         identity = _batch_identity(self)
         object.__setattr__(self, "global_batch_size", identity[0])
@@ -259,7 +305,9 @@ class TrainConfig(EpisodeConfig):
         if not eval:
             return config
         temperature = self.rollout_temperature if self.eval_temperature is None else self.eval_temperature
-        return dataclasses.replace(config, n_samples_per_prompt=self.n_samples_per_eval_prompt, temperature=temperature)
+        overrides: dict[str, Any] = {name: value for name, value in (("top_p", self.eval_top_p), ("top_k", self.eval_top_k), ("max_new_tokens", self.eval_max_response_len),
+                                                     ("max_context_len", self.eval_max_context_len)) if value is not None}
+        return dataclasses.replace(config, n_samples_per_prompt=self.n_samples_per_eval_prompt, temperature=temperature, **overrides)
 
     def backend(self) -> BackendConfig:
         return BackendConfig(
@@ -269,10 +317,12 @@ class TrainConfig(EpisodeConfig):
         )
 
     def trainer(self) -> TrainerConfig:
+        decay_iters = self.lr_decay_iters or self.num_rollout * (self.num_steps_per_rollout or 1)
+        warmup_iters = self.lr_warmup_iters if self.lr_warmup_fraction is None else round(self.lr_warmup_fraction * decay_iters)
         return TrainerConfig(
-            lr=self.lr, weight_decay=self.weight_decay, adam_beta1=self.adam_beta1, adam_beta2=self.adam_beta2,
-            lr_decay_style=self.lr_decay_style, lr_warmup_iters=self.lr_warmup_iters, min_lr=self.min_lr,  # type: ignore[arg-type]
-            lr_decay_iters=self.lr_decay_iters or self.num_rollout * (self.num_steps_per_rollout or 1),
+            lr=self.lr, weight_decay=self.weight_decay, adam_beta1=self.adam_beta1, adam_beta2=self.adam_beta2, adam_eps=self.adam_eps,
+            lr_decay_style=self.lr_decay_style, lr_warmup_iters=warmup_iters, min_lr=self.min_lr,  # type: ignore[arg-type]
+            lr_decay_iters=decay_iters,
             clip_grad=self.clip_grad, num_steps_per_rollout=self.num_steps_per_rollout or 1, micro_batch_size=self.micro_batch_size,
             use_dynamic_batch_size=self.use_dynamic_batch_size, max_tokens_per_gpu=self.max_tokens_per_gpu,
             bf16=self.bf16, temperature=self.rollout_temperature, calculate_per_token_loss=self.calculate_per_token_loss,
@@ -318,7 +368,7 @@ def _check_field(f: dataclasses.Field[Any], value: Any) -> None:
 def _validate_episodes(cfg: EpisodeConfig) -> None:
     if cfg.prompt_data is None:
         raise ConfigError("--prompt-data is required: the tasks (.jsonl or .parquet)")
-    if not Path(cfg.prompt_data).is_file():
+    if not split_row_slice(cfg.prompt_data)[0].is_file():
         raise ConfigError(f"--prompt-data {cfg.prompt_data}: no such file")
     _check_device(cfg.device)
     try:
@@ -359,8 +409,8 @@ def _check_env(env_id: str, kwargs: dict[str, Any], flag: str) -> None:
 
 
 def _validate_training(cfg: TrainConfig) -> None:
-    if (cfg.sglang_args or cfg.router_args) and not cfg.backend().remote:
-        raise ConfigError("--sglang-* and --router-* options need engines: --rollout-num-engines N or --rollout-engine-urls URL ...")
+    if cfg.router_args and not cfg.backend().remote:
+        raise ConfigError("--router-* options need engines: --rollout-num-engines N or --rollout-engine-urls URL ...")
     if cfg.use_dynamic_batch_size and not cfg.max_tokens_per_gpu:
         raise ConfigError("--use-dynamic-batch-size needs --max-tokens-per-gpu")
     if cfg.kl_loss_coef != 0 and not cfg.use_kl_loss:
@@ -377,7 +427,7 @@ def _validate_eval(cfg: TrainConfig) -> None:
     if len(cfg.eval_prompt_data) % 2:
         raise ConfigError("--eval-prompt-data takes NAME PATH pairs, e.g. --eval-prompt-data math_eval eval.jsonl")
     for name, path in cfg.eval_datasets().items():
-        if not path.is_file():
+        if not split_row_slice(path)[0].is_file():
             raise ConfigError(f"--eval-prompt-data {name}: no such file {path}")
         _check_env(cfg.env, cfg.env_kwargs_for(name), f"env kwargs of eval dataset {name}")
     for name in cfg.eval_dataset_env_kwargs:
@@ -427,6 +477,29 @@ def _batch_identity(cfg: TrainConfig) -> tuple[int, int]:
     return gbs, samples // gbs
 
 
+# ---------------------------------------------------------------------- slime compatibility
+def _validate_slime(cfg: TrainConfig) -> None:
+    """slime's flags: refuse what agentrl cannot honour, apply slime's ``--load`` fallback, log
+    the notes of flags accepted without an effect."""
+    if cfg.rollout_function_path != SLIME_ROLLOUT_FUNCTION:
+        raise ConfigError(f"--rollout-function-path {cfg.rollout_function_path}: a custom rollout loop would replace agentrl's; "
+                          "customise episodes with --custom-generate-function-path (per sample) or --env")
+    if cfg.kl_coef != 0:
+        raise ConfigError(f"--kl-coef {cfg.kl_coef}: KL reward shaping is not implemented; use --use-kl-loss --kl-loss-coef {cfg.kl_coef}")
+    if cfg.rollout_max_prompt_len is not None and cfg.rollout_max_context_len is not None and cfg.rollout_max_prompt_len >= cfg.rollout_max_context_len:
+        raise ConfigError(f"--rollout-max-prompt-len {cfg.rollout_max_prompt_len} must be below --rollout-max-context-len {cfg.rollout_max_context_len}")
+    if cfg.use_wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--use-wandb needs the wandb package: pip install 'agentrl[wandb]'")
+    if cfg.ref_load is not None and cfg.load is not None and not _holds_checkpoint(Path(cfg.load)):
+        log.warning("--load %s holds no checkpoint: starting from --hf-checkpoint (slime's fallback to --ref-load)", cfg.load)
+        object.__setattr__(cfg, "load", None)
+    log_notes(cfg.slime_args, cfg.sglang_args, embedded=not cfg.backend().remote)
+
+
+def _holds_checkpoint(root: Path) -> bool:
+    return (root / LATEST).is_file() or (root.is_dir() and any(p.is_dir() and p.name.startswith("step_") for p in root.iterdir()))
+
+
 # ---------------------------------------------------------------------- loading
 class FlagParser(argparse.ArgumentParser):
     """An argparse parser whose errors are one :class:`ConfigError` line (with "did you mean"
@@ -435,7 +508,7 @@ class FlagParser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         if "unrecognized arguments" in message:
             unknown = [a for a in message.split(":", 1)[1].split() if a.startswith("--")]
-            hints = [f"{a} (did you mean {m[0]}?)" for a in unknown if (m := difflib.get_close_matches(a, self._flags(), n=1))]
+            hints = [f"{a} (did you mean {m[0]}?)" for a in unknown if (m := difflib.get_close_matches(a, self._flags(), n=1, cutoff=HINT_CUTOFF))]
             if hints:
                 message = f"unrecognized arguments: {', '.join(hints)}"
         raise ConfigError(message)
@@ -492,6 +565,8 @@ def load_rollout_config(argv: Sequence[str]) -> RolloutCommandConfig:
 
 def _load(config_class: type[_Config], argv: Sequence[str], prog: str) -> _Config:
     passed_through = {}
+    if config_class is TrainConfig:  # slime's flags agentrl notes or refuses, before --sglang-* is read as SGLang's
+        passed_through["slime_args"], argv = split_slime_flags(argv, {_flag(f.name) for f in dataclasses.fields(TrainConfig)})
     for prefix in ("sglang", "router") if config_class is TrainConfig else ():
         passed_through[f"{prefix}_args"], argv = split_prefixed(argv, prefix)
     args = vars(build_parser(prog, config_class).parse_args(list(argv)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,20 +35,40 @@ class TaskKeys:
 
 
 def load_tasks(path: str | Path, keys: TaskKeys = TaskKeys()) -> list[Task]:
-    """Read every row of a ``.jsonl`` or ``.parquet`` file as a :class:`Task`.
+    """Read every row of a ``.jsonl`` or ``.parquet`` file as a :class:`Task`; slime's
+    ``PATH@[start:end]`` reads only those rows (Python slice bounds, negatives from the end),
+    indexed from 0 again.
 
     Raises:
-        DataError: the file is missing, unreadable, empty, or a row is malformed; the message
-            names the file and line (JSONL) or row (Parquet).
+        DataError: the file is missing, unreadable, empty (or its slice is), or a row is
+            malformed; the message names the file and line (JSONL) or row (Parquet).
     """
-    path = Path(path)
+    path, rows_wanted = split_row_slice(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
-    rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+    rows = list(_parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path))
+    if rows_wanted is not None:
+        rows = rows[rows_wanted]
     tasks = [_to_task(row, where, len_so_far, keys) for len_so_far, (where, row) in enumerate(rows)]
     if not tasks:
-        raise DataError(f"{path}: the file holds no rows")
+        raise DataError(f"{path}: {'the slice ' + str(rows_wanted) + ' of ' if rows_wanted else ''}the file holds no rows")
     return tasks
+
+
+_ROW_SLICE = re.compile(r"^(?P<path>.*)@\[(?P<start>-?\d*):(?P<end>-?\d*)\]$")
+
+
+def split_row_slice(spec: str | Path) -> tuple[Path, slice | None]:
+    """``"data.jsonl@[0:3000]"`` -> ``(Path("data.jsonl"), slice(0, 3000))`` (slime's syntax; an
+    empty bound is open); a plain path -> ``(path, None)``."""
+    match = _ROW_SLICE.match(str(spec))
+    if match is None:
+        return Path(spec), None
+    return Path(match["path"]), slice(_bound(match["start"]), _bound(match["end"]))
+
+
+def _bound(text: str) -> int | None:
+    return int(text) if text else None
 
 
 def utf8_lines(path: str | Path, error: type[AgentRLError] = DataError) -> Iterator[tuple[int, str]]:

@@ -13,8 +13,9 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
@@ -24,6 +25,16 @@ from agentrl.errors import DataError
 log = logging.getLogger(__name__)
 
 PLOTTED = ("rollout/reward_mean", "eval/")
+
+
+class MetricsSink(Protocol):
+    """Another destination of metrics records (``agentrl.compat.slime_wandb.WandbSink``)."""
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 Curves = dict[str, list[tuple[int, float]]]
 """Points ``(step, value)`` by metric name."""
 
@@ -37,9 +48,11 @@ class MetricsLogger:
     ``await logger.alog(step, metrics)``, which logs and then draws in a worker thread.
 
     Every record also carries ``perf/elapsed_s``: seconds since this logger was created (the
-    run's start, or its resumption)."""
+    run's start, or its resumption). Each of ``sinks`` (e.g. a W&B run: ``--use-wandb``) gets
+    every record too, and is closed with the logger."""
 
-    def __init__(self, output_dir: str | Path) -> None:
+    def __init__(self, output_dir: str | Path, sinks: Sequence[MetricsSink] = ()) -> None:
+        self.sinks = list(sinks)
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.output_dir / "metrics.jsonl"
@@ -64,6 +77,8 @@ class MetricsLogger:
                 self.writer.add_scalar(name, value, step)
         self.writer.flush()
         self._remember(step, record)
+        for sink in self.sinks:
+            sink.log(step, record)
 
     async def alog(self, step: int, metrics: dict[str, Any]) -> Path:
         """:meth:`log`, then draw the reward curves in a worker thread, so the event loop runs on
@@ -78,6 +93,8 @@ class MetricsLogger:
 
     def close(self) -> None:
         self.writer.close()
+        for sink in self.sinks:
+            sink.close()
 
     def _curves(self) -> Curves:
         """A copy of the plotted series, safe to draw from another thread while logging goes on."""

@@ -107,7 +107,7 @@ async def generate(args, sample, sampling_params):
     prompt_ids = tokenizer.encode(sample.prompt, add_special_tokens=False)
     url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}/generate"
     out = await post(url, {"input_ids": prompt_ids, "sampling_params": sampling_params, "return_logprob": True})
-    if sample.index == 1:
+    if sample.group_index == 1:  # task 1 (slime's index numbers the samples)
         raise RuntimeError("this task's tool is down")
     ids = [t for _, t, _ in out["meta_info"]["output_token_logprobs"]]
     logprobs = [lp for lp, _, _ in out["meta_info"]["output_token_logprobs"]]

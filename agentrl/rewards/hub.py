@@ -4,27 +4,31 @@ that lets them score an env's episodes in place of the env's own reward.
 ``--rm-type``: ``math`` (Math-Verify on the last ``\\boxed{}``, in worker processes off the event loop
 with a hard timeout: see :class:`~agentrl.rewards.math.MathScorer`), ``exact_match``, ``f1``,
 ``remote`` (``--rm-url``); a ``boxed_`` prefix (``boxed_exact_match``) scores only the content of
-the last ``\\boxed{}``. ``--custom-rm-path pkg.module:fn`` takes slime's signature
-``async def fn(args, sample, **kwargs) -> float`` with a slime-shaped ``Sample``; a return value
-that is not a finite number raises :class:`~agentrl.errors.EnvError` (the episode ends as
-``env_error``).
+the last ``\\boxed{}``. slime's scorers (``deepscaler``, ``dapo``, ``slime_math``, ``slime_f1``,
+``remote_rm``, ``random``: :mod:`agentrl.rewards.slime_rm`) score slime ``Sample`` objects.
+
+``--custom-rm-path pkg.module:fn`` takes slime's signature ``async def fn(args, sample, **kwargs)``
+with slime's ``Sample`` and slime's ``args`` (:mod:`agentrl.compat.slime_args`). The number
+trained on is its return value, or the return value's ``--reward-key`` entry when it returns a
+dict; anything else that is not a finite number raises :class:`~agentrl.errors.EnvError` (the
+episode ends as ``env_error``).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agentrl.compat.slime import Sample
+from agentrl.compat.slime_args import plugin_args
+from agentrl.compat.slime_types import Sample
 from agentrl.envs.core import Action, Env, Message, StepResult, Task
 from agentrl.envs.wrappers import Wrapper
-from agentrl.errors import ConfigError, EnvError
+from agentrl.errors import ConfigError
 from agentrl.plugins import load_function
 from agentrl.rewards.math import shared_math_scorer
 from agentrl.rewards.remote import RemoteRewardModel
+from agentrl.rewards.slime_rm import SampleScore, is_slime_rm_type, reward_value, score_rm_type
 from agentrl.rewards.text import exact_match, f1_score
 from agentrl.rewards.types import RewardFn, RewardInput
 
@@ -72,9 +76,14 @@ def make_reward_fn(rm_type: str | None = None, *, rm_url: str | None = None, cus
         if not rm_url:
             raise ConfigError("--rm-type remote needs --rm-url")
         return RemoteRewardModel(rm_url)
+    if is_slime_rm_type(rm_type):
+        if rm_type.removeprefix("boxed_") == "remote_rm" and not rm_url:
+            raise ConfigError("--rm-type remote_rm needs --rm-url")
+        return SlimeReward(score_rm_type, plugin_args(args), source=f"--rm-type {rm_type}")
     boxed, name = rm_type.startswith("boxed_"), rm_type.removeprefix("boxed_")
     if name not in TEXT_REWARDS:
-        raise ConfigError(f"unknown --rm-type {rm_type!r}: use one of {sorted(TEXT_REWARDS)} (optionally boxed_...), remote, or --custom-rm-path")
+        raise ConfigError(f"unknown --rm-type {rm_type!r}: use one of {sorted(TEXT_REWARDS)} (optionally boxed_...), remote, slime's "
+                          "deepscaler, dapo, slime_math, slime_f1, remote_rm, random, or --custom-rm-path")
     score = TEXT_REWARDS[name]
     boxed = boxed and name != "math"  # Math-Verify reads the last \boxed{} itself: boxed_math is math
 
@@ -89,15 +98,43 @@ def _custom(path: str, args: Any) -> RewardFn:
     fn = load_function(path, flag="--custom-rm-path")
     if not inspect.iscoroutinefunction(fn):
         raise ConfigError(f"--custom-rm-path {path!r} must be an async function (args, sample, **kwargs) -> float, as in slime")
+    return SlimeReward(fn, plugin_args(args), source=f"--custom-rm-path {path}", batch_for_lists=True)
 
-    async def custom(x: RewardInput) -> float:
-        sample = Sample(prompt=x.prompt, response=x.response, label=x.label, metadata=x.metadata)
-        value = await fn(args, sample)
-        if not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise EnvError(f"--custom-rm-path {path} returned {value!r:.200}; expected a finite number (int or float), as slime's reward functions return")
-        return float(value)
 
-    return custom
+class SlimeReward:
+    """A slime reward function (``async (args, sample) -> reward``), usable as a
+    :data:`~agentrl.rewards.types.RewardFn` too.
+
+    :meth:`score_sample` scores a ``Sample`` as it is (the one a generate function returned, with
+    every attribute it set) and returns the raw reward; calling the object with a
+    :class:`RewardInput` (an env's episode) builds a completed ``Sample`` from it and returns the
+    number to train on (:func:`~agentrl.rewards.slime_rm.reward_value` with ``args.reward_key``).
+
+    Args:
+        score: the function.
+        args: what it gets as ``args``.
+        source: how errors name it (the flag and its value).
+        batch_for_lists: the samples of a ``list[Sample]`` return are scored in one call,
+            ``score(args, samples) -> list`` (slime's ``batched_async_rm`` for a custom function).
+    """
+
+    def __init__(self, score: SampleScore, args: Any, *, source: str, batch_for_lists: bool = False) -> None:
+        self.score, self.args, self.source, self.batch_for_lists = score, args, source, batch_for_lists
+
+    async def score_sample(self, sample: Sample, args: Any = None) -> Any:
+        """The raw reward of ``sample`` (a number or a dict), scored with ``args`` (default: the
+        ones given at construction)."""
+        return await self.score(self.args if args is None else args, sample)
+
+    async def score_batch(self, samples: list[Sample], args: Any = None) -> Any:
+        """The raw rewards of ``samples`` from one call (``batch_for_lists``)."""
+        return await self.score(self.args if args is None else args, samples)  # type: ignore[arg-type]  # slime's batch form
+
+    async def __call__(self, x: RewardInput) -> float:
+        sample = Sample(prompt=x.prompt, response=x.response, label=x.label, metadata=dict(x.metadata), status=Sample.Status.COMPLETED)
+        raw = await self.score_sample(sample)
+        key = self.args.get("reward_key") if isinstance(self.args, dict) else getattr(self.args, "reward_key", None)
+        return reward_value(raw, key, source=self.source)
 
 
 class RewardOverride(Wrapper):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
@@ -123,9 +124,12 @@ class SGLangAPI:
         return [task.result() for task in tasks]
 
     async def _one(self, item: GenerateItem, *, return_logprob: bool) -> dict[str, Any]:
+        started = time.perf_counter()
         async with self.gate.admit(item.rid):
             generation = await self.policy.generate(item.input_ids, item.sampling, rid=item.rid)
-        return generation_to_sglang(generation, item, tokenizer=self.tokenizer, return_logprob=return_logprob)
+        output = generation_to_sglang(generation, item, tokenizer=self.tokenizer, return_logprob=return_logprob)
+        output["meta_info"]["e2e_latency"] = time.perf_counter() - started  # seconds from admission to answer, as SGLang's
+        return output
 
     async def health(self, _: web.Request) -> web.Response:
         return web.Response(text="")

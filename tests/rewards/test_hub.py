@@ -121,7 +121,7 @@ async def test_rm_type_math_scores_off_the_event_loop():
     assert ticks >= 0.5 * (time.perf_counter() - started) / 0.01, f"the event loop was blocked: {ticks} ticks"
 
 
-@pytest.mark.parametrize(("name", "shown"), [("nan_rm", "nan"), ("inf_rm", "inf"), ("text_rm", "'high'"), ("none_rm", "None"), ("dict_rm", "{'reward': 1.0}")])
+@pytest.mark.parametrize(("name", "shown"), [("nan_rm", "nan"), ("inf_rm", "inf"), ("text_rm", "'high'"), ("none_rm", "None")])
 async def test_a_custom_rm_must_return_a_finite_number(tmp_path, monkeypatch, name, shown):
     (tmp_path / "odd_rms.py").write_text(
         "async def nan_rm(args, sample, **kwargs):\n    return float('nan')\n"
@@ -135,3 +135,13 @@ async def test_a_custom_rm_must_return_a_finite_number(tmp_path, monkeypatch, na
     fn = make_reward_fn(custom_rm_path=f"odd_rms:{name}")
     with pytest.raises(EnvError, match=rf"--custom-rm-path odd_rms:{name} returned {re.escape(shown)}; expected a finite number"):
         await fn(RewardInput("q", "4", "4", {}))
+
+
+async def test_a_custom_rm_returning_a_dict_needs_the_reward_key(tmp_path, monkeypatch):
+    (tmp_path / "dict_rms.py").write_text("async def dict_rm(args, sample, **kwargs):\n    return {'reward': 1.0, 'acc': True}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "dict_rms", raising=False)
+    with pytest.raises(EnvError, match=r"returned a dict \{'reward': 1.0, 'acc': True\}: name the number to train on with --reward-key"):
+        await make_reward_fn(custom_rm_path="dict_rms:dict_rm")(RewardInput("q", "4", "4", {}))
+    keyed = make_reward_fn(custom_rm_path="dict_rms:dict_rm", args={"reward_key": "reward"})
+    assert await keyed(RewardInput("q", "4", "4", {})) == 1.0

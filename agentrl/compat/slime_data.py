@@ -1,0 +1,39 @@
+"""slime's data flags that shape which tasks a run reads: ``--eval-input-key`` /
+``--eval-label-key`` (the eval datasets' own fields) and ``--rollout-max-prompt-len`` (training
+prompts longer than that many tokens, rendered, are left out when the run starts, as slime's
+``Dataset`` does). ``PATH@[start:end]`` row slices are read by :func:`agentrl.data.load_tasks`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from agentrl.data import TaskKeys
+from agentrl.envs.core import Task
+from agentrl.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def eval_task_keys(input_key: str, label_key: str | None, metadata_key: str, *, eval_input_key: str | None, eval_label_key: str | None) -> TaskKeys:
+    """The fields the eval datasets are read with: ``--eval-input-key`` / ``--eval-label-key``
+    where given, else the training ones."""
+    return TaskKeys(eval_input_key or input_key, eval_label_key if eval_label_key is not None else label_key, metadata_key)
+
+
+def drop_long_prompts(tasks: Sequence[Task], max_len: int | None, prompt_tokens: Callable[[Task], int], *, where: str) -> list[Task]:
+    """The tasks whose rendered prompt has at most ``max_len`` tokens (all of them for ``None``);
+    the count left out is logged.
+
+    Raises:
+        DataError: every task is longer (``where`` names the data file).
+    """
+    if max_len is None:
+        return list(tasks)
+    kept = [t for t in tasks if prompt_tokens(t) <= max_len]
+    if not kept:
+        raise DataError(f"{where}: every prompt is longer than --rollout-max-prompt-len {max_len} tokens")
+    if len(kept) < len(tasks):
+        log.warning("%s: left out %d of %d prompts longer than --rollout-max-prompt-len %d tokens", where, len(tasks) - len(kept), len(tasks), max_len)
+    return kept
