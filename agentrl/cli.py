@@ -4,7 +4,8 @@
     agentrl rollout [--config FILE.yaml] --prompt-data FILE --output FILE.jsonl [--flag value ...]
     agentrl envs
     agentrl check-env ID [--hf-checkpoint SPEC] [--max-turns N] [--env-kwargs JSON]
-    agentrl serve --model-path SPEC [--host 127.0.0.1] [--port 30000] [--dtype bfloat16] [--device cpu]
+    agentrl serve --model-path SPEC [--host 127.0.0.1] [--port 30000] [--dtype bfloat16] [--device cpu] [--enable-openai-api]
+    agentrl new-env NAME [--output DIR]
 
 Exit codes: 0 done; 1 the work failed (every rollout episode failed, a training step had nothing
 to train on, a contract check failed); 2 a bad flag, config or data file (one line on stderr);
@@ -68,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     envs = sub.add_parser("envs", help="list registered environment ids")
     envs.set_defaults(command=cmd_envs)
 
+    convert = sub.add_parser("convert", help="convert a Hugging Face model to a Megatron checkpoint or back (needs agentrl[megatron])")
+    convert.add_argument("--to", required=True, choices=["megatron", "hf"], help="megatron: from a Hugging Face directory; hf: from a Megatron checkpoint")
+    convert.add_argument("--input", required=True, type=Path, help="the directory to convert")
+    convert.add_argument("--output", required=True, type=Path, help="a new (or empty) directory to write")
+    convert.set_defaults(command=cmd_convert)
+
     check = sub.add_parser("check-env", help="check an environment against the Env contract")
     check.add_argument("env_id", metavar="ID")
     check.add_argument("--hf-checkpoint", default=None, help="model spec whose tokenizer checks chat-template conformance")
@@ -78,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a model over SGLang's native HTTP API (generation, weight updates)")
     ServerArgs.add_cli_args(serve)
     serve.set_defaults(command=cmd_serve)
+
+    new_env = sub.add_parser("new-env", help="write an installable package with one new env, its entry point, a test and a README")
+    new_env.add_argument("name", metavar="NAME", help="the distribution's name, e.g. my-env (package my_env, env my_env/MyEnv-v0)")
+    new_env.add_argument("--output", type=Path, default=Path("."), help="directory to write NAME/ in (default: here)")
+    new_env.set_defaults(command=cmd_new_env)
     return parser
 
 
@@ -95,6 +107,14 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
     for env_id in registry.ids():
         print(env_id)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from agentrl.trainers.megatron.checkpoint import convert
+
+    convert(args.input, args.output, to=args.to)
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -191,6 +211,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agentrl.serving.launch import serve
 
     return serve(ServerArgs.from_cli_args(args))
+
+
+def cmd_new_env(args: argparse.Namespace) -> int:
+    from agentrl.scaffold import new_env
+
+    root = new_env(args.name, args.output)
+    print(f"wrote {root}: pip install -e '{root}[test]', then agentrl envs lists it and pytest {root} runs its tests")
+    return 0
 
 
 def _json_object(text: str) -> dict[str, Any]:
