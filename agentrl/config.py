@@ -26,6 +26,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from agentrl.engines.flags import split_prefixed
 from agentrl.envs import registration
 from agentrl.envs.tool_calls import get_tool_parser
 from agentrl.errors import ConfigError, RegistryError
+from agentrl.launch.placement import PlacementConfig
 from agentrl.rollout.conversation import BridgeMode
 from agentrl.rollout.runner import RolloutConfig
 from agentrl.trainers.algorithms import ADVANTAGE_ESTIMATORS, KL_TYPES, LossConfig
@@ -212,6 +214,20 @@ class TrainConfig(EpisodeConfig):
                            choices=("distributed", "disk"))
     sglang_args: dict[str, Any] = opt({}, "launched engines' own options under SGLang's names; on the command line --sglang-NAME VALUE", cli=False)
     router_args: dict[str, Any] = opt({}, "sglang-router's own options; on the command line --router-NAME VALUE", cli=False)
+    # --- launcher and placement (slime's flags and meanings; the Ray launcher's, see README "Ray")
+    launcher: str = opt("auto", "where trainer ranks, engines and the rollout manager run: local (this process), ray (Ray actors), "
+                        "auto (ray when run as a Ray job, RAY_ADDRESS set; else local)", choices=("auto", "local", "ray"))
+    actor_num_nodes: int = opt(1, "nodes of trainer ranks (Ray launcher)", range=AT_LEAST_1)
+    actor_num_gpus_per_node: int = opt(1, "trainer ranks per node, one GPU each (one CPU bundle each with --device cpu; slime's default is 8)",
+                                       range=AT_LEAST_1)
+    actor_num_cpus_per_rank: int = opt(1, "CPUs of each trainer rank and engine bundle with --device cpu (Ray launcher)", range=AT_LEAST_1)
+    rollout_num_gpus: int | None = opt(None, "GPUs (CPU bundles with --device cpu) of all engines together (Ray launcher; "
+                                       "default with --colocate: the trainer's)", range=NON_NEGATIVE)
+    rollout_num_gpus_per_engine: int = opt(1, "GPUs of one engine (its tensor-parallel size)", range=AT_LEAST_1)
+    colocate: bool = opt(False, "engines share the trainer ranks' GPUs (weights by CUDA IPC on GPUs)")
+    placement_timeout: float = opt(120.0, "seconds to wait for the Ray cluster to grant the placement group", range=POSITIVE)
+    actor_call_timeout: float = opt(3600.0, "seconds one call to a Ray trainer or rollout actor may take (a step's rollout or training)",
+                                    range=POSITIVE)
     # --- algorithm
     advantage_estimator: str = opt("grpo", "grpo, gspo, reinforce_plus_plus, reinforce_plus_plus_baseline", choices=ADVANTAGE_ESTIMATORS)
     disable_grpo_std_normalization: bool = opt(False, "GRPO advantages without dividing by the group std (Dr. GRPO)")
@@ -292,6 +308,8 @@ class TrainConfig(EpisodeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.launcher == "auto":  # resolved once, when the config is read: a Ray job sets RAY_ADDRESS
+            object.__setattr__(self, "launcher", "ray" if os.environ.get("RAY_ADDRESS") else "local")
         _validate_slime(self)
         _validate_training(self)
         identity = _batch_identity(self)
@@ -309,9 +327,18 @@ class TrainConfig(EpisodeConfig):
                                                      ("max_context_len", self.eval_max_context_len)) if value is not None}
         return dataclasses.replace(config, n_samples_per_prompt=self.n_samples_per_eval_prompt, temperature=temperature, **overrides)
 
+    def placement(self) -> PlacementConfig:
+        """The Ray launcher's layout of trainer ranks and engines."""
+        return PlacementConfig(
+            actor_num_nodes=self.actor_num_nodes, actor_num_gpus_per_node=self.actor_num_gpus_per_node,
+            rollout_num_gpus=self.rollout_num_gpus, rollout_num_gpus_per_engine=self.rollout_num_gpus_per_engine,
+            colocate=self.colocate, use_gpus=self.device.startswith("cuda"), actor_num_cpus_per_rank=self.actor_num_cpus_per_rank,
+        )
+
     def backend(self) -> BackendConfig:
+        engines = self.placement().num_engines if self.launcher == "ray" else self.rollout_num_engines
         return BackendConfig(
-            num_engines=self.rollout_num_engines, engine_urls=tuple(self.rollout_engine_urls), engine_backend=self.rollout_engine_backend,
+            num_engines=engines, engine_urls=tuple(self.rollout_engine_urls), engine_backend=self.rollout_engine_backend,
             engine_args=dict(self.sglang_args), router_args=dict(self.router_args), weight_sync=self.weight_sync,
             device=self.device, bf16=self.bf16, concurrency=self.rollout_concurrency, seed=self.seed,
         )
@@ -408,7 +435,24 @@ def _check_env(env_id: str, kwargs: dict[str, Any], flag: str) -> None:
         raise ConfigError(f"{flag} {json.dumps(kwargs)}: env {env_id!r} does not take them ({e})") from None
 
 
+def _validate_launch(cfg: TrainConfig) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    ray_only = [f for f in ("actor_num_nodes", "actor_num_gpus_per_node", "rollout_num_gpus", "colocate") if getattr(cfg, f) != defaults[f]]
+    if cfg.launcher == "local":
+        if ray_only:
+            raise ConfigError(f"{', '.join(map(_flag, ray_only))} place trainer ranks and engines on a Ray cluster: add --launcher ray "
+                              "(or run as a Ray job); the local launcher runs one trainer and --rollout-num-engines engines")
+        return
+    if cfg.rollout_num_engines:
+        raise ConfigError("--rollout-num-engines is the local launcher's; with --launcher ray engines come from --rollout-num-gpus "
+                          "and --rollout-num-gpus-per-engine (or --colocate)")
+    if cfg.placement().num_engines == 0 and not cfg.rollout_engine_urls:
+        raise ConfigError("--launcher ray needs engines: --rollout-num-gpus N (with --rollout-num-gpus-per-engine), --colocate, "
+                          "or --rollout-engine-urls URL ...")
+
+
 def _validate_training(cfg: TrainConfig) -> None:
+    _validate_launch(cfg)
     if cfg.router_args and not cfg.backend().remote:
         raise ConfigError("--router-* options need engines: --rollout-num-engines N or --rollout-engine-urls URL ...")
     if cfg.use_dynamic_batch_size and not cfg.max_tokens_per_gpu:

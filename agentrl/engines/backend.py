@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,17 +30,14 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from agentrl.engines.fleet import EngineFleet, FleetEvent
-from agentrl.engines.launch import EngineSpec
+from agentrl.engines.launch import Engine, EngineSpec
+from agentrl.engines.pusher import FleetView, PushConfig, WeightPusher
 from agentrl.engines.router import RouterSpec
 from agentrl.policies.base import Policy
 from agentrl.policies.embedded import DTYPES, EmbeddedEngine
 from agentrl.policies.sglang import SGLangPolicy
-from agentrl.serving.engine_client import EngineRequestError
 from agentrl.serving.sglang_api import SGLangServer
-from agentrl.trainers.weight_sync import DiskWeightSync, DistributedWeightSync, EngineWeightSync, HTTPWeightSync, NamedTensors
-
-log = logging.getLogger(__name__)
-PUSH_ATTEMPTS = 3
+from agentrl.trainers.weight_sync import EngineWeightSync, NamedTensors
 
 
 @dataclass(frozen=True)
@@ -80,24 +76,43 @@ class BackendConfig:
 
 @dataclass
 class RolloutBackend:
-    """What the loop uses: ``policy`` to sample, ``push`` to update every engine, ``api_url``
-    (SGLang's native API over the engines, or ``None``) for slime generate functions."""
+    """What the rollout side uses: ``policy`` to sample, ``push`` to update every engine,
+    ``api_url`` (SGLang's native API over the engines, or ``None``) for slime generate functions,
+    and ``fleet`` (engines over HTTP only) for a pusher in another process."""
 
     policy: Policy
     push: Callable[[NamedTensors, int], Any]
     api_url: str | None
+    fleet: FleetView | None = None
+
+
+RestartHook = Callable[[str, str], Awaitable[None]]
+"""Gives the relaunched engine at URL (named NAME) the latest weights before it rejoins."""
+
+EngineFactory = Callable[[int, EngineSpec, Path], Engine]
+"""Builds launched engine ``i`` of the fleet from its spec, logging under the given directory
+(the Ray launcher places each on its bundles); the default launches a local process."""
 
 
 @contextlib.asynccontextmanager
 async def open_backend(cfg: BackendConfig, model_dir: Path, tokenizer: PreTrainedTokenizerBase, run_dir: Path, *,
-                       serve_api: bool = False) -> AsyncIterator[RolloutBackend]:
-    """Start the backend ``cfg`` names; stop everything it started on exit (also on errors)."""
+                       serve_api: bool = False, engine_factory: EngineFactory | None = None,
+                       restart_hook: RestartHook | None = None) -> AsyncIterator[RolloutBackend]:
+    """Start the backend ``cfg`` names; stop everything it started on exit (also on errors).
+
+    ``engine_factory`` builds the launched engines (default: local processes); ``restart_hook``
+    (with engines) means the weights are pushed from another process through
+    :attr:`RolloutBackend.fleet`, and gives relaunched engines their weights.
+    """
     if not cfg.remote:
         async with _embedded(cfg, model_dir, tokenizer, serve_api) as backend:
             yield backend
         return
-    async with _Engines(cfg, model_dir, run_dir) as engines, SGLangPolicy(engines.fleet.router_url or engines.fleet.urls, max_concurrency=cfg.concurrency) as policy:
-        yield RolloutBackend(policy, engines.push, engines.fleet.router_url)
+    async with (
+        _Engines(cfg, model_dir, run_dir, engine_factory, restart_hook) as engines,
+        SGLangPolicy(engines.fleet.router_url or engines.fleet.urls, max_concurrency=cfg.concurrency) as policy,
+    ):
+        yield RolloutBackend(policy, engines.push, engines.fleet.router_url, engines)
 
 
 @contextlib.asynccontextmanager
@@ -113,25 +128,24 @@ async def _embedded(cfg: BackendConfig, model_dir: Path, tokenizer: PreTrainedTo
         yield RolloutBackend(engine, lambda tensors, version: sync.push(tensors, weight_version=version), url)
 
 
-def snapshot(named_tensors: list[tuple[str, torch.Tensor]], dtype: torch.dtype | None) -> list[tuple[str, torch.Tensor]]:
-    """Copies of the tensors on the CPU (in ``dtype`` when given): the trainer goes on updating its
-    parameters in place, and an engine restarted later must get exactly the pushed version, not
-    a torn mix of it and the next. Blocking: call it through ``asyncio.to_thread``."""
-    return [(name, t.detach().to("cpu", dtype=dtype or t.dtype, copy=True)) for name, t in named_tensors]
-
-
 class _Engines:
-    """The fleet and the weight transport over its engines, rebuilt after the fleet changes."""
+    """The fleet, seen by a :class:`~agentrl.engines.pusher.WeightPusher` as a
+    :class:`~agentrl.engines.pusher.FleetView`. With ``restart_hook`` ``None`` the pusher is this
+    process's own (:attr:`pusher`); else the weights are elsewhere (a Ray trainer rank) and the
+    hook gives a relaunched engine the latest weights."""
 
-    def __init__(self, cfg: BackendConfig, model_dir: Path, run_dir: Path) -> None:
+    def __init__(self, cfg: BackendConfig, model_dir: Path, run_dir: Path, engine_factory: EngineFactory | None = None,
+                 restart_hook: RestartHook | None = None) -> None:
         self.cfg, self.run_dir = cfg, run_dir / "engines"
         args = {"dtype": cfg.dtype, "device": cfg.device, **cfg.engine_args}
         specs = [EngineSpec(str(model_dir), backend=cfg.engine_backend, server_args=args) for _ in range(cfg.num_engines)]
-        self.fleet = EngineFleet([*specs, *cfg.engine_urls], self.run_dir, router=RouterSpec(cfg.router_args), on_event=self._on_event)
-        self.sync: HTTPWeightSync | None = None
-        self.stale = False  # the fleet changed since the transport was built
-        self.changed = asyncio.Event()
-        self.latest: tuple[list[tuple[str, torch.Tensor]], int] | None = None  # a snapshot: see snapshot()
+        launched: list[EngineSpec | Engine] = [engine_factory(i, spec, self.run_dir) for i, spec in enumerate(specs)] if engine_factory else list(specs)
+        self.fleet = EngineFleet([*launched, *cfg.engine_urls], self.run_dir, router=RouterSpec(cfg.router_args), on_event=self._on_event)
+        self.epoch = 0
+        self.changed = asyncio.Condition()
+        self.pusher = None if restart_hook else WeightPusher(self, push_config(cfg, self.run_dir))
+        self.restart_hook: RestartHook = restart_hook or self.pusher.push_latest_to  # type: ignore[union-attr]
+        self._holds = contextlib.ExitStack()
 
     async def __aenter__(self) -> _Engines:
         await self.fleet.__aenter__()
@@ -139,72 +153,46 @@ class _Engines:
 
     async def __aexit__(self, *exc: Any) -> None:
         try:
-            await self._drop_sync()
+            if self.pusher is not None:
+                await self.pusher.aclose()
         finally:
             await self.fleet.__aexit__(*exc)
 
     async def push(self, named_tensors: NamedTensors, weight_version: int) -> None:
-        """Every engine in service loads the weights and reports ``weight_version``. An engine
-        that cannot be reached (it died since the last health check) makes the push wait until
-        the fleet has restarted or dropped it, then push again to the engines in service.
+        """See :meth:`WeightPusher.push`."""
+        assert self.pusher is not None, "the weights are pushed from another process"
+        await self.pusher.push(named_tensors, weight_version)
 
-        Raises:
-            EngineRequestError: the push failed ``PUSH_ATTEMPTS`` times, or the fleet did not
-                change within its detection and restart time after a failure.
-        """
-        tensors = [(name, t.detach()) for name, t in named_tensors]
-        self.latest = (await asyncio.to_thread(snapshot, tensors, self._wire_dtype), weight_version)
-        for attempt in range(1, PUSH_ATTEMPTS + 1):
-            if self.stale:
-                await self._drop_sync()
-            if self.sync is None:
-                self.sync, self.stale = self._transport(self.fleet.urls), False
-            self.changed.clear()
-            try:
-                with self.fleet.checks_held():
-                    await self.sync.push(tensors, weight_version=weight_version)
-                return
-            except EngineRequestError as e:
-                if attempt == PUSH_ATTEMPTS:
-                    raise
-                log.warning("weight push %d/%d failed (%s); waiting for the fleet to restart or drop the engine", attempt, PUSH_ATTEMPTS, e)
-                self.stale = True
-                await self._wait_for_change(e)
+    # ------------------------------------------------------------------ FleetView
+    async def engine_urls(self) -> tuple[list[str], int]:
+        return self.fleet.urls, self.epoch
 
-    async def _wait_for_change(self, error: EngineRequestError) -> None:
+    async def hold_checks(self, hold: bool) -> None:
+        if hold:
+            self._holds.enter_context(self.fleet.checks_held())
+        else:
+            self._holds.close()
+
+    async def wait_for_change(self, epoch: int) -> bool:
         fleet = self.fleet.config
         limit = fleet.interval_s * (fleet.failures_to_dead + 1) + fleet.probe_timeout_s + fleet.start_timeout_s + fleet.router_timeout_s
-        try:
-            await asyncio.wait_for(self.changed.wait(), timeout=limit)
-        except TimeoutError:
-            raise EngineRequestError(f"{error}; and no engine was restarted or dropped within {limit:.0f} s") from error
-
-    @property
-    def _wire_dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.cfg.bf16 else None
-
-    def _transport(self, urls: list[str]) -> HTTPWeightSync:
-        wire = self._wire_dtype
-        if self.cfg.weight_sync == "disk":
-            return DiskWeightSync(urls, self.run_dir / "weights", dtype=wire)
-        backend = "nccl" if self.cfg.device.startswith("cuda") else "gloo"
-        return DistributedWeightSync(urls, backend=backend, dtype=wire)
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.epoch > epoch), timeout=limit)
+            except TimeoutError:
+                return False
+        return True
 
     async def _on_event(self, event: FleetEvent) -> None:
         """A relaunched engine loads the latest weights before it serves; any change of the
         fleet makes the next push rebuild its transport over the engines in service."""
-        self.stale = True
-        self.changed.set()
-        if event.kind == "restarted" and self.latest is not None:
-            tensors, version = self.latest
-            log.warning("engine %s restarted (%s): loading weight version %d before it rejoins", event.engine, event.reason, version)
-            one = DiskWeightSync([event.url], self.run_dir / f"weights-{event.engine}", dtype=self._wire_dtype)
-            try:
-                await one.push(tensors, weight_version=version)
-            finally:
-                await one.aclose()
+        if event.kind == "restarted":
+            await self.restart_hook(event.url, event.engine)
+        async with self.changed:
+            self.epoch += 1
+            self.changed.notify_all()
 
-    async def _drop_sync(self) -> None:
-        sync, self.sync = self.sync, None
-        if sync is not None:
-            await sync.aclose()
+
+def push_config(cfg: BackendConfig, run_dir: Path, master_address: str = "127.0.0.1") -> PushConfig:
+    """How weights travel to the engines of ``cfg`` (weight files under ``run_dir``)."""
+    return PushConfig(cfg.weight_sync, cfg.device, torch.bfloat16 if cfg.bf16 else None, run_dir / "weights", master_address)

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
 import aiohttp
 
 from agentrl.engines.process import ManagedProcess
 
 HEALTH_PATH = "/health_generate"
+
+
+class Watched(Protocol):
+    """A server's process as a health wait watches it (a local :class:`ManagedProcess`, or one
+    run by a Ray actor)."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def returncode(self) -> int | str | None: ...
 
 
 class NotHealthy(Exception):
@@ -33,7 +45,7 @@ async def probe(session: aiohttp.ClientSession, url: str, timeout_s: float, path
         return f"{path} failed: {type(e).__name__}: {str(e)[:200]}"
 
 
-async def wait_healthy(session: aiohttp.ClientSession, url: str, timeout_s: float, *, process: ManagedProcess | None = None,
+async def wait_healthy(session: aiohttp.ClientSession, url: str, timeout_s: float, *, process: Watched | None = None,
                        path: str = HEALTH_PATH, interval_s: float = 0.25) -> None:
     """Return once ``url`` is healthy.
 

@@ -1,0 +1,82 @@
+"""The local launcher (the default): one trainer and the rollout side in the loop's process.
+
+The trainer's blocking work (training, checkpoint writes, exports) runs in a worker thread, so
+the event loop keeps serving rollouts (``--train-async``) and engines meanwhile. Engines, when
+asked for (``--rollout-num-engines``), are local processes behind sglang-router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agentrl.checkpoint import LoopState, read_checkpoint, save_checkpoint
+from agentrl.rollout.manager import RolloutManager, RolloutResult
+from agentrl.rollout.trajectory import Trajectory
+from agentrl.trainers.dp_split import RankShare
+from agentrl.trainers.torch_trainer import TorchTrainer
+
+if TYPE_CHECKING:
+    from agentrl.config import TrainConfig
+
+
+class LocalRollouts:
+    """:class:`~agentrl.launch.base.Rollouts` over a :class:`RolloutManager` in this process."""
+
+    def __init__(self, manager: RolloutManager) -> None:
+        self.manager = manager
+
+    async def rollout(self, step: int) -> RolloutResult:
+        return await self.manager.rollout(step)
+
+    async def evaluate(self) -> dict[str, list[Trajectory]]:
+        return await self.manager.evaluate()
+
+    async def seek(self, position: dict[str, int]) -> None:
+        self.manager.seek(position)
+
+    async def note_weight_version(self, weight_version: int) -> None:
+        self.manager.note_weight_version(weight_version)
+
+
+class LocalTrainers:
+    """:class:`~agentrl.launch.base.Trainers`: one :class:`TorchTrainer` in this process, whose
+    weights reach the engines through ``manager``."""
+
+    world_size = 1
+
+    def __init__(self, trainer: TorchTrainer, manager: RolloutManager) -> None:
+        self.trainer, self.manager = trainer, manager
+
+    async def train(self, shares: list[RankShare]) -> dict[str, float]:
+        (share,) = shares
+        return await asyncio.to_thread(self.trainer.train_rollout, share.sequences, share.num_samples)
+
+    async def push_weights(self, weight_version: int) -> None:
+        await self.manager.push(self.trainer.named_weights(), weight_version)
+
+    async def save(self, root: Path, state: LoopState) -> Path:
+        return await asyncio.to_thread(save_checkpoint, root, state, self.trainer.state_dict())
+
+    async def load(self, checkpoint: Path) -> LoopState:
+        state, trainer_state = await asyncio.to_thread(read_checkpoint, checkpoint)
+        self.trainer.load_state_dict(trainer_state)
+        return state
+
+    async def export_hf(self, path: Path) -> None:
+        await asyncio.to_thread(self.trainer.save_hf, path)
+
+
+@contextlib.asynccontextmanager
+async def launch_local(cfg: TrainConfig, model_dir: Path, run_dir: Path) -> AsyncIterator[tuple[LocalTrainers, LocalRollouts]]:
+    """Read the rollout inputs, load the trainer, start the engines; stop them on exit."""
+    manager = RolloutManager(cfg, model_dir, run_dir)  # bad task files and plug-in paths fail here, before any model loads
+    trainer = await asyncio.to_thread(TorchTrainer, model_dir, cfg.trainer(), cfg.loss(), device=cfg.device)
+    try:
+        await manager.start()
+        yield LocalTrainers(trainer, manager), LocalRollouts(manager)
+    finally:
+        await manager.aclose()
