@@ -115,8 +115,8 @@ class Session:
             texts = [raw] + [prefill + self.renderer.decode_action(g.token_ids) for g in generations[1:]]
             choices = [self._choice(g, text, i, parse=request.parse_tools) for i, (g, text) in enumerate(zip(generations, texts))]
             self.turns += 1
-            if self.config.end_on_length and generations[0].finish_reason == "length":
-                self._end(Termination.LENGTH, f"turn {self.turns} reached its budget of {sampling.max_new_tokens} tokens")
+            if self.config.end_on_length and generations[0].finish_reason == "length":  # this answer still goes out; later requests are refused
+                self.ended, self.error = Termination.LENGTH, f"turn {self.turns} reached its budget of {sampling.max_new_tokens} tokens"
             return choices, len(context)
 
     def _advance(self, request: ChatRequest) -> str:

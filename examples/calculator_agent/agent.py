@@ -21,6 +21,9 @@ from agentrl.envs import Task, ToolCall
 from agentrl.envs.tool_env import ToolSet
 
 MAX_TURNS = 3
+TOOL_SHAPING = 0.1
+"""Reward of a wrong answer after calls that all ran: the base model never calls the tool
+greedily, so GRPO needs the sampled calls to count for something before answers get right."""
 SYSTEM = (
     "You are a calculator assistant. Never compute in your head: for any arithmetic, call the calculator by writing exactly\n"
     '<tool_call>{"name": "calculate", "arguments": {"expression": "1234 * 56"}}</tool_call>\n'
@@ -67,7 +70,9 @@ async def run(client: Any, task: Task) -> dict[str, Any]:
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result.content})
     answer = final_number(text)
     correct = answer is not None and answer == str(task.label)
-    return {"reward": float(correct), "correct": correct, "tool_calls": calls, "tool_errors": errors, "tool_success": calls > 0 and errors == 0}
+    tool_success = calls > 0 and errors == 0
+    reward = 1.0 if correct else TOOL_SHAPING if tool_success else 0.0
+    return {"reward": reward, "correct": correct, "tool_calls": calls, "tool_errors": errors, "tool_success": tool_success}
 
 
 def _arguments(text: str) -> dict[str, Any]:

@@ -5,8 +5,8 @@ a paired bootstrap confidence interval of each difference (problems resampled, p
         --after runs/calculator_agent/heldout_after.jsonl
 
 Reads two ``agentrl rollout`` outputs of the same held-out problems (one greedy sample each). An
-episode that failed (env error, timeout, abort) counts as reward 0 and no tool success, and is
-counted. Prints a markdown table and, last, one JSON object.
+episode that failed (env error, timeout, abort) counts as wrong and no tool success, and is
+counted. ``correct`` is the held-out reward without the training's tool-use shaping. Prints a markdown table and, last, one JSON object.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def outcomes(path: Path) -> dict[int, dict[str, float]]:
     for line in path.read_text().splitlines():
         record = json.loads(line)
         ok = record["termination"] not in ("env_error", "timeout", "abort")
-        result[record["task_index"]] = {"reward": record["reward"] if ok else 0.0, "tool_success": float(ok and bool(record["info"].get("tool_success"))),
+        info = record["info"]
+        result[record["task_index"]] = {"correct": float(ok and bool(info.get("correct"))), "tool_success": float(ok and bool(info.get("tool_success"))),
                                         "failed": float(not ok)}
     return result
 
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--after", type=Path, required=True)
     args = parser.parse_args()
     before, after = outcomes(args.before), outcomes(args.after)
-    table: dict[str, Any] = {key: paired(before, after, key) for key in ("reward", "tool_success")}
+    table: dict[str, Any] = {key: paired(before, after, key) for key in ("correct", "tool_success")}
     print("| held-out (greedy) | before | after | difference (95% bootstrap CI) |\n|---|---|---|---|")
     for key, row in table.items():
         print(f"| {key} | {row['before']:.3f} | {row['after']:.3f} | {row['difference']:+.3f} ({row['ci_low']:+.3f} to {row['ci_high']:+.3f}) |")

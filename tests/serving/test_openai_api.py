@@ -168,3 +168,15 @@ async def test_agentrl_serve_exposes_the_openai_api_beside_sglangs(tiny_dir):
         async with aiohttp.ClientSession(url) as http, http.post("/generate", json={"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 2}}) as r:
             assert r.status == 200
     assert response.usage.completion_tokens <= 4 and response.choices[0].finish_reason in ("length", "stop")
+
+
+async def test_a_turn_cut_by_its_budget_is_answered_then_ends_the_session(tokenizer):
+    api = OpenAIAPI(policy_generate(ScriptedPolicy(tokenizer, SCRIPT)), ChatRenderer(tokenizer), config=SessionConfig(max_new_tokens=3, end_on_length=True))
+    async with OpenAIServer(api) as server:
+        session = api.open_session()
+        async with client(server, session) as c:
+            cut = await c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            with pytest.raises(openai.BadRequestError) as refused:
+                await c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 3
+    assert refused.value.code == "length" and session.ended.value == "length"
