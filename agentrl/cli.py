@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     envs = sub.add_parser("envs", help="list registered environment ids")
     envs.set_defaults(command=cmd_envs)
 
+    convert = sub.add_parser("convert", help="convert a Hugging Face model to a Megatron checkpoint or back (needs agentrl[megatron])")
+    convert.add_argument("--to", required=True, choices=["megatron", "hf"], help="megatron: from a Hugging Face directory; hf: from a Megatron checkpoint")
+    convert.add_argument("--input", required=True, type=Path, help="the directory to convert")
+    convert.add_argument("--output", required=True, type=Path, help="a new (or empty) directory to write")
+    convert.set_defaults(command=cmd_convert)
+
     check = sub.add_parser("check-env", help="check an environment against the Env contract")
     check.add_argument("env_id", metavar="ID")
     check.add_argument("--hf-checkpoint", default=None, help="model spec whose tokenizer checks chat-template conformance")
@@ -101,6 +107,14 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
     for env_id in registry.ids():
         print(env_id)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from agentrl.trainers.megatron.checkpoint import convert
+
+    convert(args.input, args.output, to=args.to)
+    print(f"wrote {args.output}")
     return 0
 
 
