@@ -9,7 +9,7 @@ Reads every ``scripts/run-*.sh``, ``scripts/models/*.sh`` and ``examples/**/*.sh
 checkout at its ``HEAD`` (through ``git show``, so the work tree may differ) and keeps the
 ``--flags`` that reach slime's trainer: the items of bash arrays named ``*_ARGS`` and the
 arguments after ``train.py`` / ``train_async.py``; comments are dropped. Each flag is written
-once, with the first value tokens it was seen with, to
+once, with the first literal value tokens it was seen with (``VALUE`` for a shell expansion), to
 ``tests/fixtures/slime/run_script_flags.txt``, headed by the slime commit. The test
 ``tests/compat/test_slime_flags.py`` checks that agentrl accepts each or refuses it with a reason.
 """
@@ -53,8 +53,15 @@ def trainer_tokens(text: str) -> list[str]:
     return tokens
 
 
+EXPANSION = re.compile(r"\$\(\(.*?\)\)|\$\(.*?\)")
+ARRAY_EXPANSION = re.compile(r'"?\$\{[A-Za-z_]+\[@\]\}"?')
+
+
 def _split(line: str) -> list[str]:
-    """Shell words of one line; a quote left open (a string spanning lines) splits on spaces."""
+    """Shell words of one line: a ``$(...)`` or ``$((...))`` is one word ``VALUE``, an array
+    expansion ``${X[@]}`` is ``@ARRAY`` (it ends the values of the flag before it); a quote left
+    open (a string spanning lines) splits on spaces."""
+    line = ARRAY_EXPANSION.sub(" @ARRAY ", EXPANSION.sub("VALUE", line))
     try:
         return shlex.split(line)
     except ValueError:
@@ -71,7 +78,9 @@ def flags_with_values(tokens: list[str]) -> dict[str, list[str]]:
             current = None if name in found else [value] if value else []
             if current is not None:
                 found[name] = current
-        elif current is not None and not token.startswith("${") and not token.startswith("$"):
+        elif token == "@ARRAY":
+            current = None
+        elif current is not None and not token.startswith("$"):
             current.append(token)
         elif current is not None:
             current.append("VALUE")  # a shell variable: the script's value is not known here
@@ -89,7 +98,8 @@ def main() -> None:
     flags: dict[str, list[str]] = {}
     for path in sorted(scripts):
         for flag, values in flags_with_values(trainer_tokens(git(args.slime, "show", f"HEAD:{path}"))).items():
-            flags.setdefault(flag, values)
+            if flag not in flags or ("VALUE" in " ".join(flags[flag]) and "VALUE" not in " ".join(values)):
+                flags[flag] = values  # the first literal value seen, else the first occurrence
     args.out.parent.mkdir(parents=True, exist_ok=True)
     header = f"# flags of slime's run scripts ({len(scripts)} files: scripts/run-*.sh, scripts/models/*.sh, examples/**/*.sh)\n# slime commit {commit}\n"
     args.out.write_text(header + "".join(f"{' '.join([flag, *values])}\n" for flag, values in sorted(flags.items())))

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from transformers import PreTrainedTokenizerBase
 
 from agentrl.data import TaskKeys
 from agentrl.envs.core import Task
@@ -16,10 +19,20 @@ from agentrl.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def eval_task_keys(input_key: str, label_key: str | None, metadata_key: str, *, eval_input_key: str | None, eval_label_key: str | None) -> TaskKeys:
+class KeyOptions(Protocol):
+    """The data-key flags (``TrainConfig`` has them)."""
+
+    input_key: str
+    label_key: str | None
+    metadata_key: str
+    eval_input_key: str | None
+    eval_label_key: str | None
+
+
+def eval_task_keys(cfg: KeyOptions) -> TaskKeys:
     """The fields the eval datasets are read with: ``--eval-input-key`` / ``--eval-label-key``
     where given, else the training ones."""
-    return TaskKeys(eval_input_key or input_key, eval_label_key if eval_label_key is not None else label_key, metadata_key)
+    return TaskKeys(cfg.eval_input_key or cfg.input_key, cfg.label_key if cfg.eval_label_key is None else cfg.eval_label_key, cfg.metadata_key)
 
 
 def drop_long_prompts(tasks: Sequence[Task], max_len: int | None, prompt_tokens: Callable[[Task], int], *, where: str) -> list[Task]:
@@ -37,3 +50,17 @@ def drop_long_prompts(tasks: Sequence[Task], max_len: int | None, prompt_tokens:
     if len(kept) < len(tasks):
         log.warning("%s: left out %d of %d prompts longer than --rollout-max-prompt-len %d tokens", where, len(tasks) - len(kept), len(tasks), max_len)
     return kept
+
+
+def prompt_token_counter(tokenizer: PreTrainedTokenizerBase, *, apply_chat_template: bool) -> Callable[[Task], int]:
+    """Counts a task's prompt tokens as slime's ``--rollout-max-prompt-len`` filter does: the chat
+    template applied (generation prompt added) with ``--apply-chat-template``, the text as it is
+    without (a list of messages then counts its contents joined)."""
+
+    def count(task: Task) -> int:
+        messages = [{"role": "user", "content": task.prompt}] if isinstance(task.prompt, str) else list(task.prompt)
+        if apply_chat_template:
+            return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+        return len(tokenizer.encode("".join(str(m["content"]) for m in messages), add_special_tokens=False))
+
+    return count

@@ -13,7 +13,7 @@ import math
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 
 class WandbOptions(Protocol):
@@ -67,6 +67,13 @@ def open_wandb(cfg: WandbOptions) -> WandbSink | None:
     directory.mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(base_url=cfg.wandb_host) if cfg.wandb_host else None
     run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_team, group=cfg.wandb_group, name=name, id=cfg.wandb_run_id,
-                     mode=cfg.wandb_mode, dir=str(directory), config=cfg.to_dict(), resume="allow" if cfg.wandb_run_id else None,
+                     mode=cast(Any, cfg.wandb_mode), dir=str(directory), config=cfg.to_dict(), resume="allow" if cfg.wandb_run_id else None,
                      settings=settings)
     return WandbSink(run)
+
+
+def metric_sinks(cfg: WandbOptions) -> list[WandbSink]:
+    """The metrics sinks ``cfg`` asks for (``MetricsLogger(out, sinks=metric_sinks(cfg))``): the
+    W&B run with ``--use-wandb``, else none."""
+    sink = open_wandb(cfg)
+    return [] if sink is None else [sink]
