@@ -15,7 +15,8 @@ SGLang-compatible server over its own engine and trains on exactly what the func
 * **The same object.** The reward function (``--custom-rm-path`` or ``--rm-type``) scores the
   ``Sample`` the generate function returned, with every attribute it set; a sample whose
   ``reward`` is already set is not scored again. The raw reward stays on ``sample.reward``; the
-  number trained on is read with ``--reward-key`` (``--eval-reward-key`` in evaluation).
+  number trained on is read with ``--reward-key`` (``--eval-reward-key`` in evaluation); the
+  other numbers of a dict reward become the trajectory's ``info`` (metrics ``rollout/info/*``).
 * **list[Sample].** Several trained sequences from one rollout (slime's fan-out, siblings sharing
   ``rollout_id``) form one trajectory: one segment per sample, its return the sum of the
   samples' rewards (slime's docs: give each of K segments ``reward / K``), one member of its
@@ -206,6 +207,9 @@ def _fill(trajectory: Trajectory, samples: list[Sample], segments: list[Segment]
     trajectory.messages += [{"role": "assistant", "content": s.response} for s in samples]
     trajectory.metrics |= {"turns": max(len(versions), 1), "segments": len(segments), "sampled_tokens": sum(sum(g.loss_mask) for g in segments),
                            "response_tokens": sum(len(g.response_ids) for g in segments)}
+    raw = samples[-1].reward  # a dict reward's other numbers (dapo's acc) are averaged as rollout/info/<key>
+    if isinstance(raw, dict):
+        trajectory.info = {str(k): v for k, v in raw.items() if isinstance(v, (bool, int, float))}
 
 
 def _checked_batch(rewards: Any, n: int) -> list[Any]:

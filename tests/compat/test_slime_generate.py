@@ -30,6 +30,7 @@ async def generate(args, sample, sampling_params):
     sample.tokens = state.tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]
     for turn in range(2):
         output = await post(url, {"input_ids": sample.tokens, "sampling_params": dict(sampling_params, max_new_tokens=5), "return_logprob": True})
+        assert output["meta_info"]["e2e_latency"] > 0  # SGLang's field, which clients read
         pairs = output["meta_info"]["output_token_logprobs"]
         sample.append_response_tokens(args, tokens=[p[1] for p in pairs], log_probs=[p[0] for p in pairs], trainable=True,
                                       meta_info=output["meta_info"], text=output["text"])
@@ -100,6 +101,7 @@ def test_a_multi_turn_generate_function_trains_on_its_exact_tokens(tiny_llama_di
         assert t["reward"] == len(t["messages"][-1]["content"]) % 3  # --reward-key score of the dict
     step = metrics(out)
     assert step["rollout/excluded"] == 2 and step["rollout/termination/abort"] == 2
+    assert step["rollout/info/tools"] == 1.0  # the dict reward's other numbers
     assert step["train/train_rollout_logprob_abs_diff"] < 1e-4  # the trainer's log-probs of those tokens equal the engine's
 
 
