@@ -198,13 +198,15 @@ def test_an_output_that_cannot_be_written_fails_before_the_model_loads(tmp_path,
     assert code == 2 and len(lines) == 1 and f"--output {output}: " in lines[0], err  # not the model's error: it was never loaded
 
 
-def test_train_prints_a_strict_json_summary(tmp_path, tiny_llama_dir, cli_envs, capsys):
-    code, stdout, err = run_main(
-        capsys, "train", "--env", "cli/Broken-v0", "--prompt-data", tasks_file(tmp_path / "t.jsonl", "a"), "--hf-checkpoint", str(tiny_llama_dir),
-        "--num-rollout", "1", "--rollout-batch-size", "1", "--n-samples-per-prompt", "2", "--rollout-max-response-len", "2", "--output-dir", str(tmp_path / "run"))
+def test_train_prints_a_strict_json_summary_and_a_run_with_nothing_to_train_fails(tmp_path, tiny_llama_dir, cli_envs, capsys):
+    common = ["--prompt-data", tasks_file(tmp_path / "t.jsonl", "a"), "--hf-checkpoint", str(tiny_llama_dir), "--num-rollout", "1",
+              "--rollout-batch-size", "1", "--n-samples-per-prompt", "2", "--rollout-max-response-len", "2"]
+    code, stdout, err = run_main(capsys, "train", "--env", "cli/Probe-v0", *common, "--output-dir", str(tmp_path / "run"))
     assert code == 0, err
-    summary = strict_json(stdout[-1])
-    assert summary["rollout/reward_mean"] is None and summary["rollout/excluded"] == 2
+    assert strict_json(stdout[-1])["rollout/excluded"] == 0
+    code, stdout, err = run_main(capsys, "train", "--env", "cli/Broken-v0", *common, "--output-dir", str(tmp_path / "broken"))
+    assert code == 1 and stdout == [] and "none of its 2 episodes can be trained on (2 env_error)" in err
+    assert "Traceback (most recent call last)" in err and not (tmp_path / "broken" / "hf_model").exists()
 
 
 # ---------------------------------------------------------------- Ctrl-C keeps what finished (a real process)

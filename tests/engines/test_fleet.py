@@ -122,7 +122,9 @@ async def test_router_reaches_both_workers_and_a_killed_worker_is_restarted_befo
         os.kill(killed, signal.SIGKILL)
         await eventually(lambda: fleet.restarts == 1 and len(fleet.urls) == 2, 120, "the killed worker back in service")
         assert [(e.kind, e.engine, e.url, workers) for e, workers in events] == [("restarted", "engine-0", first.url, [second.url])]
-        assert "exited with status -9" in events[0][0].reason
+        # found by its exit status, or (on a loaded machine, while the kernel still tears the big process
+        # down after its sockets closed) by the health probes first
+        assert "exited with status -9" in events[0][0].reason or "Cannot connect" in events[0][0].reason
         assert first.process.pid != killed and first.launches == 2 and gone(killed)
         assert await router_workers(fleet.router_url) == sorted(fleet.urls)
         assert sorted(await versions_through(fleet.router_url, 4)) == ["2", "2", "3", "3"]  # never the relaunched "0"
