@@ -241,3 +241,11 @@ def episode_metrics(trajectories: Sequence[Trajectory], group_size: int) -> dict
     metrics |= {f"info/{k}": statistics.fmean(v) for k, v in info_values.items()}
     return metrics
 
+
+
+if __name__ == "__main__":  # python -m agentrl.train ... (e.g. as a `ray job submit` entrypoint) is agentrl train ...
+    import sys
+
+    from agentrl.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

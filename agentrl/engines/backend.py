@@ -193,6 +193,8 @@ class _Engines:
             self.changed.notify_all()
 
 
-def push_config(cfg: BackendConfig, run_dir: Path, master_address: str = "127.0.0.1") -> PushConfig:
-    """How weights travel to the engines of ``cfg`` (weight files under ``run_dir``)."""
-    return PushConfig(cfg.weight_sync, cfg.device, torch.bfloat16 if cfg.bf16 else None, run_dir / "weights", master_address)
+def push_config(cfg: BackendConfig, run_dir: Path, master_address: str = "127.0.0.1", *, colocated: bool = False) -> PushConfig:
+    """How weights travel to the engines of ``cfg`` (weight files under ``run_dir``): by handle
+    (CUDA IPC) to engines that share the trainer's GPUs, else by ``--weight-sync``."""
+    method = "tensor" if colocated else cfg.weight_sync
+    return PushConfig(method, cfg.device, torch.bfloat16 if cfg.bf16 else None, run_dir / "weights", master_address)

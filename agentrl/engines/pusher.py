@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 
 from agentrl.serving.engine_client import EngineRequestError
-from agentrl.trainers.weight_sync import DiskWeightSync, DistributedWeightSync, HTTPWeightSync, NamedTensors
+from agentrl.trainers.weight_sync import DiskWeightSync, DistributedWeightSync, HTTPWeightSync, NamedTensors, TensorWeightSync
 
 log = logging.getLogger(__name__)
 PUSH_ATTEMPTS = 3
@@ -53,8 +53,9 @@ class PushConfig:
     """How weights travel.
 
     Attributes:
-        method: ``"distributed"`` (a ``torch.distributed`` group: NCCL on GPUs, gloo on CPUs) or
-            ``"disk"`` (a safetensors directory and ``/update_weights_from_disk``).
+        method: ``"distributed"`` (a ``torch.distributed`` group: NCCL on GPUs, gloo on CPUs),
+            ``"disk"`` (a safetensors directory and ``/update_weights_from_disk``), or ``"tensor"``
+            (handles to engines on this node: CUDA IPC, or shared memory on CPUs; ``--colocate``).
         device: the trainer's device (``cpu`` or ``cuda[:N]``): picks gloo or NCCL.
         wire_dtype: the dtype on the wire (``None``: each tensor's own).
         weights_dir: where disk pushes (and relaunched engines' weights) are written; engines on
@@ -140,6 +141,8 @@ class WeightPusher:
         cfg = self.config
         if cfg.method == "disk":
             return DiskWeightSync(urls, cfg.weights_dir, dtype=cfg.wire_dtype)
+        if cfg.method == "tensor":
+            return TensorWeightSync(urls, device="cuda" if cfg.device.startswith("cuda") else "cpu", dtype=cfg.wire_dtype)
         backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
         return DistributedWeightSync(urls, backend=backend, dtype=cfg.wire_dtype, master_address=cfg.master_address)
 

@@ -95,7 +95,7 @@ class TrainerActor:
     # ------------------------------------------------------------------ rank 0: the weights' way to the engines
     async def connect_engines(self, manager: Any) -> None:
         """Push weights through ``manager``'s fleet from now on (rank 0)."""
-        config = push_config(self.cfg.backend(), self.run_dir / "engines", master_address=node_address())
+        config = push_config(self.cfg.backend(), self.run_dir / "engines", master_address=node_address(), colocated=self.cfg.colocate)
         self.pusher = WeightPusher(_ManagerFleetView(manager, self.cfg.actor_call_timeout), config)
 
     async def push_weights(self, weight_version: int) -> None:

@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tqdm.auto import tqdm
+
 from agentrl.checkpoint import LoopState
 from agentrl.errors import TrainingError
 from agentrl.launch.placement import Placement, create_placement, plan_layout
@@ -162,7 +164,7 @@ async def _start_ranks(cfg: TrainConfig, placement: Placement, model_dir: Path, 
     master, port = await call(ranks[0].address.remote(), "trainer rank 0, choosing the group's rendezvous", SETUP_TIMEOUT_S)
     pids = await asyncio.gather(*(call(rank.setup.remote(master, port), f"trainer rank {i}, joining the group and loading the model",
                                        SETUP_TIMEOUT_S) for i, rank in enumerate(ranks)))
-    log.info("trainer ranks up: %s", ", ".join(f"rank {i} pid {pid} on {placement.trainer[i].node_ip}" for i, pid in enumerate(pids)))
+    tqdm.write("[agentrl] trainer ranks up: " + ", ".join(f"rank {i} pid {pid} on {placement.trainer[i].node_ip}" for i, pid in enumerate(pids)))
     return ranks
 
 

@@ -13,6 +13,11 @@ Request fields, defaults and replies follow SGLang's ``io_struct`` and ``http_se
 * ``POST /update_weights_from_distributed`` ``{names, dtypes, shapes, group_name, flush_cache,
   abort_all_requests, weight_version, load_format, torch_empty_cache}``: receives one broadcast
   from rank 0 per name, in order, then loads them. Reply ``{success, message}``.
+* ``POST /update_weights_from_tensor`` ``{serialized_named_tensors, load_format, flush_cache,
+  abort_all_requests, weight_version, ...}``: one entry per tensor-parallel rank (here: one), a
+  tensor payload shared by handle from a process on this node (CUDA IPC, shared memory), in
+  SGLang's flattened-bucket format or as a list of ``(name, tensor)``; read through an allowlist
+  (:mod:`agentrl.serving.tensor_bucket`). Reply ``{success, message}``.
 * ``POST /destroy_weights_update_group`` ``{group_name}``; ``POST /update_weight_version``
   ``{new_version, abort_all_requests=true}``.
 
@@ -58,6 +63,7 @@ from agentrl.serving.bodies import (
 from agentrl.serving.daemon_worker import DaemonWorker
 from agentrl.serving.gate import RequestGate, abort_requests
 from agentrl.serving.safetensors_dir import iter_tensors, read_shapes, safetensors_files
+from agentrl.serving.tensor_bucket import PayloadError, decode
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,12 @@ DISTRIBUTED_FIELDS = {
     "flush_cache": Field(bool, True), "abort_all_requests": Field(bool, False), "weight_version": Field((str, int), None),
     "load_format": Field(str, None), "torch_empty_cache": Field(bool, False),
 }
+TENSOR_FIELDS = {
+    "serialized_named_tensors": Field(list, items=str), "load_format": Field(str, None), "flush_cache": Field(bool, True),
+    "abort_all_requests": Field(bool, False), "weight_version": Field((str, int), None), "disable_draft_model": Field(bool, False),
+    "torch_empty_cache": Field(bool, False),
+}
+TENSOR_FORMATS = (None, "flattened_bucket")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DISK_FORMATS = (None, "auto", "safetensors")
 JOIN_TIMEOUT = datetime.timedelta(minutes=10)
@@ -100,6 +112,7 @@ class WeightsAPI:
             web.post("/update_weights_from_disk", self.update_weights_from_disk),
             web.post("/init_weights_update_group", self.init_weights_update_group),
             web.post("/update_weights_from_distributed", self.update_weights_from_distributed),
+            web.post("/update_weights_from_tensor", self.update_weights_from_tensor),
             web.post("/destroy_weights_update_group", self.destroy_weights_update_group),
             web.post("/update_weight_version", self.update_weight_version),
         ]
@@ -121,6 +134,23 @@ class WeightsAPI:
             self.gate.pause()
         message = f"Loaded the weights of {body['model_path']}.{_version_note(version)}"
         return web.json_response({"success": True, "message": message, "num_paused_requests": paused})
+
+    async def update_weights_from_tensor(self, request: web.Request) -> web.Response:
+        endpoint = "update_weights_from_tensor"
+        try:
+            body = parse_body(await read_json(request, endpoint=endpoint), TENSOR_FIELDS, endpoint=endpoint)
+            version = parse_weight_version(body["weight_version"], endpoint=endpoint)
+            named = await asyncio.to_thread(_decoded_tensors, body)  # maps the sender's memory: off the loop
+            _check_shapes(self.policy, {name: tuple(t.shape) for name, t in named}, endpoint=endpoint)
+        except BadRequest as e:
+            return _failure(str(e))
+        await self._abort_all(body["abort_all_requests"])
+        async with self.gate.updating():
+            error = await self._load(named, version)
+        del named  # the handles: the sender may free the memory once this answers
+        if error:
+            return _failure(error)
+        return web.json_response({"success": True, "message": f"Loaded {endpoint}.{_version_note(version)}"})
 
     async def init_weights_update_group(self, request: web.Request) -> web.Response:
         try:
@@ -269,6 +299,19 @@ def _disk_files(body: dict[str, Any]) -> list[Path]:
         return safetensors_files(Path(body["model_path"]))
     except ValueError as e:
         raise BadRequest(f"{endpoint}: 'model_path': {e}") from None
+
+
+def _decoded_tensors(body: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    endpoint = "update_weights_from_tensor"
+    if body["load_format"] not in TENSOR_FORMATS:
+        raise BadRequest(f"{endpoint}: 'load_format' must be 'flattened_bucket' or omitted, got {body['load_format']!r}")
+    payloads = body["serialized_named_tensors"]
+    if len(payloads) != 1:
+        raise BadRequest(f"{endpoint}: 'serialized_named_tensors' has one entry per tensor-parallel rank; this server has 1, got {len(payloads)}")
+    try:
+        return decode(payloads[0], body["load_format"])
+    except PayloadError as e:
+        raise BadRequest(f"{endpoint}: 'serialized_named_tensors': {e}") from None
 
 
 def _disk_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:

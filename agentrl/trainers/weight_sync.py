@@ -9,9 +9,9 @@ engines stamp on every trajectory they produce from then on.
 * :class:`DistributedWeightSync` broadcasts the tensors over a ``torch.distributed`` group of
   the trainer (rank 0) and the engines (``/init_weights_update_group``,
   ``/update_weights_from_distributed``): gloo through the CPU, NCCL between GPUs.
-* :class:`TensorWeightSync` hands CUDA tensors to colocated SGLang engines through CUDA IPC
-  (``/update_weights_from_tensor``, SGLang's flattened-bucket format). It needs ``sglang``
-  importable and is **not exercised** on agentrl's own machines, where SGLang cannot run.
+* :class:`TensorWeightSync` hands tensors to engines on the same node by handle (CUDA IPC on
+  GPUs, shared memory on CPUs): ``/update_weights_from_tensor`` in SGLang's flattened-bucket
+  format, which ``agentrl serve`` and SGLang both take (``--colocate``).
 
 The HTTP transports speak SGLang's native API, so they drive ``agentrl serve`` and SGLang alike,
 and wrap every push as slime does: ``/pause_generation`` (new requests wait; ``pause_mode``
@@ -47,6 +47,7 @@ from agentrl.serving.safetensors_dir import (
     unique_tensors,
     write_safetensors_dir,
 )
+from agentrl.serving.tensor_bucket import encode_bucket
 
 NamedTensors = Iterable[tuple[str, torch.Tensor]]
 log = logging.getLogger(__name__)
@@ -294,50 +295,53 @@ class DistributedWeightSync(HTTPWeightSync):
 
 
 class TensorWeightSync(HTTPWeightSync):
-    """Colocated engines on this node: each bucket of CUDA tensors is flattened with SGLang's
-    ``FlattenedTensorBucket`` and sent as handles (``MultiprocessingSerializer``, base64) to
-    ``/update_weights_from_tensor`` with ``load_format="flattened_bucket"``; the engines map the
-    memory over CUDA IPC, so the tensors stay alive here until every engine has answered.
-
-    Only SGLang's own classes and plain containers travel: the engine unpickles with an
-    allowlist. Not exercised here (SGLang does not run on agentrl's machines); the request
-    shape follows SGLang 0.5.23 and slime's use of it.
+    """Engines on this node (``--colocate``): each bucket of tensors is flattened and sent as
+    handles to ``/update_weights_from_tensor`` with ``load_format="flattened_bucket"``
+    (:mod:`agentrl.serving.tensor_bucket`: SGLang's format, with SGLang's own classes when it is
+    installed); the engines map the memory (CUDA IPC on GPUs, shared memory on CPUs), so only
+    metadata crosses HTTP and the tensors stay alive here until every engine has answered.
+    ``agentrl serve`` and SGLang both take it.
 
     Args:
         tp_size: tensor-parallel ranks per engine (the payload has one entry per rank).
+        device: where the tensors are shared from: ``cuda`` (CUDA IPC) or ``cpu`` (shared memory files).
         bucket_bytes, dtype: as :class:`DistributedWeightSync`.
         Other arguments: see :class:`HTTPWeightSync`.
-
-    Raises:
-        ImportError: ``sglang`` is not installed.
     """
 
-    def __init__(self, engine_urls: Sequence[str], *, tp_size: int = 1, bucket_bytes: int = 512 * 2**20,
+    def __init__(self, engine_urls: Sequence[str], *, tp_size: int = 1, device: str = "cuda", bucket_bytes: int = 512 * 2**20,
                  dtype: torch.dtype | None = None, **kwargs: Any) -> None:
-        try:
-            from sglang.srt.utils import MultiprocessingSerializer
-            from sglang.srt.weight_sync.tensor_bucket import FlattenedTensorBucket
-        except ImportError as e:
-            raise ImportError("TensorWeightSync needs sglang (its serializer and tensor bucket are what engines accept); "
-                              "use DistributedWeightSync or DiskWeightSync without it") from e
         super().__init__(engine_urls, **kwargs)
-        self._serializer, self._bucket_class = MultiprocessingSerializer, FlattenedTensorBucket
-        self.tp_size, self.bucket_bytes, self.dtype = tp_size, bucket_bytes, dtype
+        self.tp_size, self.device, self.bucket_bytes, self.dtype = tp_size, torch.device(device), bucket_bytes, dtype
 
     async def _prepare(self, named_tensors: NamedTensors) -> list[list[tuple[str, torch.Tensor]]]:
-        tensors = [(name, t.detach().to(device="cuda", dtype=self.dtype or t.dtype).contiguous()) for name, t in unique_tensors(named_tensors)]
+        tensors = [(name, t.detach().to(device=self.device, dtype=self.dtype or t.dtype).contiguous())
+                   for name, t in unique_tensors(named_tensors)]
         return _buckets(tensors, self.bucket_bytes, None)
 
     async def _transfer(self, prepared: list[list[tuple[str, torch.Tensor]]], weight_version: str) -> tuple[int, int]:
-        torch.cuda.synchronize()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         for i, bucket in enumerate(prepared):
-            flat = self._bucket_class(named_tensors=bucket)
-            payload = self._serializer.serialize({"flattened_tensor": flat.get_flattened_tensor(), "metadata": flat.get_metadata()}, output_str=True)
+            payload = await asyncio.to_thread(_encode, bucket, self.device)
             last = i == len(prepared) - 1
             body = {"serialized_named_tensors": [payload] * self.tp_size, "load_format": "flattened_bucket",
                     "flush_cache": last, "weight_version": weight_version if last else None}
             await self._each(functools.partial(_post, path="/update_weights_from_tensor", body=body))
         return sum(t.numel() * t.element_size() for bucket in prepared for _, t in bucket), len(prepared)
+
+
+def _encode(bucket: list[tuple[str, torch.Tensor]], device: torch.device) -> str:
+    """One bucket's payload; CPU tensors are shared by file name, which a process that this one
+    did not start can open (the default, file descriptors, needs a connection back to here)."""
+    if device.type == "cuda":
+        return encode_bucket(bucket)
+    strategy = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        return encode_bucket(bucket)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(strategy)
 
 
 def _buckets(named_tensors: NamedTensors, bucket_bytes: int, dtype: torch.dtype | None) -> list[list[tuple[str, torch.Tensor]]]:

@@ -1,17 +1,9 @@
 #!/usr/bin/env bash
 # Search-R1 on CPU: installs agentrl with the search extra, builds the countryinfo corpus and
-# questions, starts the BM25 retrieval server on 127.0.0.1:8000, waits until it is healthy, trains
-# (flags after the script go to `agentrl train`), and stops the server on exit, also on failure.
+# questions, then serve_and_train.sh: the BM25 retrieval server on 127.0.0.1:8000, training (flags
+# after the script go to `agentrl train`), the server stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/install.sh search
 python examples/search_r1/make_data.py --out examples/search_r1/data
-python -m envs_contrib.search_r1.server --corpus examples/search_r1/data/corpus.jsonl --port 8000 &
-server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
-for _ in $(seq 120); do
-  if python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=1)" 2>/dev/null; then break; fi
-  kill -0 "$server" 2>/dev/null || { echo "the retrieval server exited before it was healthy" >&2; exit 1; }
-  sleep 0.5
-done
-agentrl train --config examples/search_r1/grpo_smollm2.yaml "$@"
+bash examples/search_r1/serve_and_train.sh "$@"

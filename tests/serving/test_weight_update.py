@@ -8,8 +8,8 @@ group join waits for a peer that never comes."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-import importlib.util
 import os
 import pickle
 import signal
@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from agentrl.serving.safetensors_dir import write_safetensors_dir
-from agentrl.trainers.weight_sync import DiskWeightSync, DistributedWeightSync
+from agentrl.trainers.weight_sync import DiskWeightSync, DistributedWeightSync, TensorWeightSync
 from tests.serving.conftest import agentrl_serve
 
 PROMPT = [1, 504, 3001, 22, 9]
@@ -299,10 +299,29 @@ async def until_running(http, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_the_tensor_transport_says_it_needs_sglang_where_sglang_is_missing():
-    if importlib.util.find_spec("sglang") is not None:
-        pytest.skip("sglang is installed: this test is about machines without it")
-    from agentrl.trainers.weight_sync import TensorWeightSync
+async def test_tensor_sync_hands_weights_over_by_handle_in_sglangs_flattened_buckets(server, http, model):
+    """TensorWeightSync, as --colocate uses it, into a real agentrl serve process; CPU tensors go
+    by shared memory as CUDA ones go by IPC handle: only metadata crosses HTTP."""
+    for version, seed in ((31, 4), (32, 5)):
+        old = AutoModelForCausalLM.from_config(model.config).eval()
+        old.load_state_dict(model.state_dict())
+        perturb(model, seed)
+        async with TensorWeightSync([server], device="cpu", bucket_bytes=2**16) as sync:
+            await sync.push(model.state_dict().items(), weight_version=version)
+            assert sync.last_push.buckets >= 3
+        await assert_serves(http, model, str(version), old)
 
-    with pytest.raises(ImportError, match="TensorWeightSync needs sglang"):
-        TensorWeightSync(["http://127.0.0.1:1"])
+
+async def test_a_tensor_payload_naming_anything_but_tensors_is_refused(http, tmp_path):
+    marker = tmp_path / "unpickled"
+    crafted = base64.b64encode(pickle.dumps(_RunsCodeWhenUnpickled(str(marker)))).decode()
+    before = await sample(http)
+    for load_format in ("flattened_bucket", None):
+        body = {"serialized_named_tensors": [crafted], "load_format": load_format, "weight_version": "77"}
+        async with http.post("/update_weights_from_tensor", json=body) as r:
+            reply = await r.json()
+        assert r.status == 400 and "which a tensor payload never needs" in reply["message"], reply
+    assert not marker.exists() and (await sample(http))["output_ids"] == before["output_ids"]
+    body = {"serialized_named_tensors": ["a", "b"], "load_format": "flattened_bucket"}
+    async with http.post("/update_weights_from_tensor", json=body) as r:
+        assert r.status == 400 and "one entry per tensor-parallel rank; this server has 1, got 2" in (await r.json())["message"]
