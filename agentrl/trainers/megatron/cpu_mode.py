@@ -22,6 +22,10 @@ itself (the local layer spec, fusions off, no dropout) computes the same on the 
     dropout is off (CUDA seeding itself is queued by torch and never runs on a CPU machine).
 ``synchronize``
     ``torch.cuda.synchronize()`` does nothing: ``dist_checkpointing``'s save.
+``tensor_cuda``
+    ``Tensor.cuda()`` returns the tensor: with pipeline parallelism and tied embeddings, the
+    first and last stages move the shared weight to CUDA before summing it
+    (``LanguageModule.setup_embeddings_and_output_layer``).
 
 The redirection is active only inside the context manager, on the calling thread (the torch
 function mode is thread-local; the patched ``torch.cuda`` functions are process-wide, but on a
@@ -49,7 +53,7 @@ _CUDA_TYPE_NAMES = {
     torch.int64: "torch.cuda.LongTensor",
     torch.int32: "torch.cuda.IntTensor",
 }
-REDIRECTIONS: frozenset[str] = frozenset({"current_device", "device", "type_names", "rng_state", "synchronize"})
+REDIRECTIONS: frozenset[str] = frozenset({"current_device", "device", "type_names", "rng_state", "synchronize", "tensor_cuda"})
 """The redirections in force (see the module docstring); tests switch single ones off."""
 
 
@@ -60,12 +64,14 @@ def _is_cuda(device: object) -> bool:
 
 
 class _CudaToCpu(TorchFunctionMode):
-    """The ``device`` and ``type_names`` redirections."""
+    """The ``device``, ``type_names`` and ``tensor_cuda`` redirections."""
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         if func is torch.Tensor.type and len(args) == 1 and not kwargs and "type_names" in REDIRECTIONS:
             return _CUDA_TYPE_NAMES.get(args[0].dtype, func(*args))
+        if func is torch.Tensor.cuda and "tensor_cuda" in REDIRECTIONS:
+            return args[0]
         if _is_cuda(kwargs.get("device")) and "device" in REDIRECTIONS:
             kwargs = {**kwargs, "device": "cpu"}
         return func(*args, **kwargs)

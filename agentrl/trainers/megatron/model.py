@@ -8,8 +8,10 @@ scalings) are refused with a :class:`~agentrl.errors.ModelError` naming the fiel
 The layer spec is Megatron's local (no Transformer Engine) spec with two substitutions:
 :class:`~agentrl.trainers.megatron.attention.PackedCoreAttention` as the core attention (packed
 ``thd`` rows) and :class:`RMSNorm` as every norm (PyTorch's RMSNorm, which unlike Megatron's
-``WrappedTorchNorm`` supports sequence parallelism). Weights are left uninitialised: they are
-always loaded next (:mod:`agentrl.trainers.megatron.convert`).
+``WrappedTorchNorm`` supports sequence parallelism). Megatron initialises the weights randomly
+before they are loaded (:mod:`agentrl.trainers.megatron.weights`): only its initialisation tags
+tensor-parallel weights (``tensor_model_parallel``), without which gradient norms count each
+shard once instead of once per rank; the draw uses a forked RNG, so the process's stays as it was.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def check_divisible(hf: PretrainedConfig, parallel: MegatronConfig) -> None:
 
 
 def transformer_config(hf: PretrainedConfig, parallel: MegatronConfig, *, bf16: bool, cpu: bool) -> TransformerConfig:
-    """Megatron's ``TransformerConfig`` of ``hf``: fusions and dropout off, weights not initialised.
+    """Megatron's ``TransformerConfig`` of ``hf``: fusions and dropout off.
 
     ``calculate_per_token_loss`` is on so that neither Megatron's schedule nor its DDP rescales
     losses or gradients: agentrl's loss weights already normalise over the whole optimizer step.
@@ -134,7 +136,7 @@ def transformer_config(hf: PretrainedConfig, parallel: MegatronConfig, *, bf16: 
         add_bias_linear=False, add_qkv_bias=fam.qkv_bias, qk_layernorm=fam.qk_norm,
         hidden_dropout=0.0, attention_dropout=0.0, bias_activation_fusion=False, masked_softmax_fusion=False,
         bias_dropout_fusion=False, apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False,
-        params_dtype=dtype, pipeline_dtype=dtype, bf16=bf16, use_cpu_initialization=cpu, perform_initialization=False,
+        params_dtype=dtype, pipeline_dtype=dtype, bf16=bf16, use_cpu_initialization=cpu,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size, pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         context_parallel_size=parallel.context_parallel_size, sequence_parallel=parallel.sequence_parallel,
         variable_seq_lengths=True, moe_token_dispatcher_type="alltoall",  # Megatron refuses variable lengths with its default (allgather), MoE or not
@@ -166,9 +168,14 @@ def layer_spec(config: TransformerConfig) -> TransformerBlockSubmodules:
 
 
 def build_model(hf: PretrainedConfig, parallel: MegatronConfig, *, bf16: bool, cpu: bool) -> GPTModel:
-    """This rank's ``GPTModel`` (its pipeline stage, its tensor-parallel shard), uninitialised."""
+    """This rank's ``GPTModel`` (its pipeline stage, its tensor-parallel shard), randomly initialised."""
     config = transformer_config(hf, parallel, bf16=bf16, cpu=cpu)
     theta, scaling = _rope(hf)
+    with torch.random.fork_rng(devices=[]):
+        return _gpt_model(hf, parallel, config, theta, scaling)
+
+
+def _gpt_model(hf: PretrainedConfig, parallel: MegatronConfig, config: TransformerConfig, theta: float, scaling: float | None) -> GPTModel:
     return GPTModel(
         config, layer_spec(config), vocab_size=padded_vocab_size(hf.vocab_size, parallel),
         max_sequence_length=hf.max_position_embeddings, pre_process=parallel_state.is_pipeline_first_stage(),

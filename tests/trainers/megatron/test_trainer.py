@@ -13,24 +13,7 @@ from agentrl.trainers.algorithms import LossConfig
 from agentrl.trainers.megatron.config import MegatronConfig
 from agentrl.trainers.megatron.mcore import running
 from agentrl.trainers.torch_trainer import TorchTrainer, TrainerConfig
-from tests.trainers.megatron.megatron_cases import make_sequences
-
-CONFIG = TrainerConfig(lr=1e-3, bf16=False, num_steps_per_rollout=2, use_dynamic_batch_size=True, max_tokens_per_gpu=48,
-                       lr_warmup_iters=1, lr_decay_style="cosine", lr_decay_iters=3, min_lr=1e-4, clip_grad=0.5)
-LOSS = LossConfig(eps_clip_high=0.28, use_kl_loss=True, kl_loss_coef=0.1, kl_loss_type="low_var_kl", entropy_coef=0.01, use_tis=True)
-
-
-def megatron_grads(trainer) -> dict[str, torch.Tensor]:
-    """The accumulated gradients (Megatron keeps them in ``main_grad``) under Hugging Face names."""
-    params = list(trainer.model.parameters())
-    live = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p in params:
-            p.copy_(p.main_grad)
-        grads = {name: t.clone() for name, t in trainer.named_weights()}
-        for p, w in zip(params, live):
-            p.copy_(w)
-    return grads
+from tests.trainers.megatron.megatron_cases import CONFIG, LOSS, make_sequences, megatron_grads
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
