@@ -537,7 +537,8 @@ def _validate_slime(cfg: TrainConfig) -> None:
     if cfg.ref_load is not None and cfg.load is not None and not _holds_checkpoint(Path(cfg.load)):
         log.warning("--load %s holds no checkpoint: starting from --hf-checkpoint (slime's fallback to --ref-load)", cfg.load)
         object.__setattr__(cfg, "load", None)
-    log_notes(cfg.slime_args, cfg.sglang_args, embedded=not cfg.backend().remote)
+    embedded = cfg.launcher == "local" and not cfg.rollout_num_engines and not cfg.rollout_engine_urls
+    log_notes(cfg.slime_args, cfg.sglang_args, embedded=embedded)
 
 
 def _holds_checkpoint(root: Path) -> bool:

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 SLIME_ROLLOUT_FUNCTION = "slime.rollout.sglang_rollout.generate_rollout"
 """slime's default ``--rollout-function-path``: its own loop, which agentrl's training loop is."""
 
-RAY = "cluster placement: the Ray launcher (issue 12); this launcher runs one trainer process with its engines"
+RAY = ("a Ray cluster setting agentrl's launcher does not take (issue 12: --launcher ray places trainer ranks and engines with "
+       "--actor-num-nodes, --actor-num-gpus-per-node, --rollout-num-gpus, --rollout-num-gpus-per-engine, --colocate)")
 MEGATRON = "a Megatron model/parallelism flag: the Megatron trainer (issue 13, --train-backend megatron); the PyTorch trainer reads the model from --hf-checkpoint"
 WEIGHT_SYNC = "weight sync is chosen with --weight-sync distributed|disk"
 
