@@ -250,3 +250,27 @@ def test_train_under_torchrun_refuses_rather_than_training_one_rank_copy_per_pro
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="WORLD_SIZE=2"):
         train(load_config(args(tiny_llama_dir, data, tmp_path / "run", "--num-rollout", "1")))
+
+
+def test_dumps_checkpoints_plots_and_the_export_run_off_the_event_loop(tiny_llama_dir, data, tmp_path, monkeypatch):
+    """With --train-async a rollout is pending while these run: none may block the event loop."""
+    import threading
+
+    import agentrl.launch.local
+    import agentrl.metrics
+    import agentrl.train
+
+    threads: dict[str, set[bool]] = {}
+
+    def recorded(name, fn):
+        def wrapper(*args, **kwargs):
+            threads.setdefault(name, set()).add(threading.current_thread() is threading.main_thread())
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(agentrl.train, "write_dump", recorded("dump", agentrl.train.write_dump))
+    monkeypatch.setattr(agentrl.launch.local, "save_checkpoint", recorded("checkpoint", agentrl.launch.local.save_checkpoint))
+    monkeypatch.setattr(agentrl.metrics, "_draw", recorded("plot", agentrl.metrics._draw))
+    monkeypatch.setattr(agentrl.launch.local.TorchTrainer, "save_hf", recorded("export", agentrl.launch.local.TorchTrainer.save_hf))
+    train(load_config(args(tiny_llama_dir, data, tmp_path / "run", "--num-rollout", "2", "--train-async")))
+    assert threads == {"dump": {False}, "checkpoint": {False}, "plot": {False}, "export": {False}}
