@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from agentrl.checkpoint import LoopState, find_checkpoint
+from agentrl.compat.slime_wandb import metric_sinks
 from agentrl.config import TrainConfig
 from agentrl.errors import ConfigError, TrainingError
 from agentrl.launch.base import Rollouts, Trainers
@@ -87,7 +88,7 @@ class _Run:
         self.checkpoint = find_checkpoint(cfg.load) if cfg.load else None  # a bad --load fails before any model loads
         self.model_dir = resolve_model(cfg.hf_checkpoint)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.logger = MetricsLogger(self.out)
+        self.logger = MetricsLogger(self.out, sinks=metric_sinks(cfg))
         self.step = 0  # the step being played or trained, counted from 1 as in metrics.jsonl
         self.weight_version = 0  # what the engines serve
         self.saved: Path | None = self.checkpoint  # the newest checkpoint of this run

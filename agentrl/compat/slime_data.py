@@ -22,11 +22,20 @@ log = logging.getLogger(__name__)
 class KeyOptions(Protocol):
     """The data-key flags (``TrainConfig`` has them)."""
 
-    input_key: str
-    label_key: str | None
-    metadata_key: str
-    eval_input_key: str | None
-    eval_label_key: str | None
+    @property
+    def input_key(self) -> str: ...
+
+    @property
+    def label_key(self) -> str | None: ...
+
+    @property
+    def metadata_key(self) -> str: ...
+
+    @property
+    def eval_input_key(self) -> str | None: ...
+
+    @property
+    def eval_label_key(self) -> str | None: ...
 
 
 def eval_task_keys(cfg: KeyOptions) -> TaskKeys:

@@ -19,17 +19,39 @@ from typing import Any, Protocol, cast
 class WandbOptions(Protocol):
     """The flags :func:`open_wandb` reads (``TrainConfig`` has them)."""
 
-    use_wandb: bool
-    wandb_project: str | None
-    wandb_group: str | None
-    wandb_team: str | None
-    wandb_key: str | None
-    wandb_host: str | None
-    wandb_mode: str | None
-    wandb_dir: str | None
-    wandb_run_id: str | None
-    disable_wandb_random_suffix: bool
-    output_dir: str
+    @property
+    def use_wandb(self) -> bool: ...
+
+    @property
+    def wandb_project(self) -> str | None: ...
+
+    @property
+    def wandb_group(self) -> str | None: ...
+
+    @property
+    def wandb_team(self) -> str | None: ...
+
+    @property
+    def wandb_key(self) -> str | None: ...
+
+    @property
+    def wandb_host(self) -> str | None: ...
+
+    @property
+    def wandb_mode(self) -> str | None: ...
+
+    @property
+    def wandb_dir(self) -> str | None: ...
+
+    @property
+    def wandb_run_id(self) -> str | None: ...
+
+    @property
+    def disable_wandb_random_suffix(self) -> bool: ...
+
+    @property
+    def output_dir(self) -> str: ...
+
 
     def to_dict(self) -> dict[str, Any]: ...
 

@@ -420,7 +420,7 @@ class EnvRegistry:
             candidates = {format_env_id(s.namespace, s.name, None) for s in self._specs.values()}
         else:
             candidates = set(self._specs)
-        matches = difflib.get_close_matches(env_id, sorted(candidates), n=3)
+        matches = difflib.get_close_matches(env_id, sorted(candidates), n=3, cutoff=0.75)  # a shared namespace alone is not close
         if matches:
             return f"unknown env id {env_id!r}. Did you mean {' or '.join(map(repr, matches))}?"
         return (

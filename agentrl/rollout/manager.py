@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from transformers import AutoTokenizer
 
+from agentrl.compat.slime_data import drop_long_prompts, eval_task_keys, prompt_token_counter
 from agentrl.compat.slime_generate import SlimeGenerateRunner
 from agentrl.data import TaskKeys, TaskStream, load_tasks
 from agentrl.engines.backend import EngineFactory, RestartHook, RolloutBackend, open_backend
@@ -85,14 +86,17 @@ class RolloutManager:
         self.engine_factory, self.restart_hook = engine_factory, restart_hook
         keys = TaskKeys(cfg.input_key, cfg.label_key, cfg.metadata_key)
         assert cfg.prompt_data is not None, "TrainConfig requires --prompt-data"
-        self.stream = TaskStream(load_tasks(cfg.prompt_data, keys), cfg.rollout_batch_size, shuffle=cfg.rollout_shuffle, seed=cfg.seed)
-        self.evals = {name: load_tasks(path, keys)[: cfg.eval_max_prompts] for name, path in cfg.eval_datasets().items()}
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        fits = prompt_token_counter(self.tokenizer, apply_chat_template=cfg.apply_chat_template)
+        tasks = drop_long_prompts(load_tasks(cfg.prompt_data, keys), cfg.rollout_max_prompt_len, fits, where=cfg.prompt_data)
+        self.stream = TaskStream(tasks, cfg.rollout_batch_size, shuffle=cfg.rollout_shuffle, seed=cfg.seed)
+        eval_keys = eval_task_keys(cfg)
+        self.evals = {name: load_tasks(path, eval_keys)[: cfg.eval_max_prompts] for name, path in cfg.eval_datasets().items()}
         self.reward_fn = make_reward_fn(cfg.rm_type, rm_url=cfg.rm_url, custom_rm_path=cfg.custom_rm_path, args=cfg)
         self.generate_fn = load_function(cfg.custom_generate_function_path, flag="--custom-generate-function-path") if cfg.custom_generate_function_path else None
         self.dynamic_filter = load_group_filter(cfg.dynamic_sampling_filter_path) if cfg.dynamic_sampling_filter_path else None
         buffer_filter = load_buffer_filter(cfg.buffer_filter_path) if cfg.buffer_filter_path else pop_first
         self.partial_buffer = PartialRolloutBuffer(buffer_filter, args=cfg) if cfg.partial_rollout else None
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.renderer = ChatRenderer(self.tokenizer, chat_template=None if cfg.apply_chat_template else PLAIN_TEMPLATE)
         self.weight_version = 0
         self.backend: RolloutBackend | None = None

@@ -11,6 +11,7 @@ bash scripts/install.sh ray
 python examples/search_r1/make_data.py --out examples/search_r1/data
 export RAY_USAGE_STATS_ENABLED=0
 if [ -z "${RAY_ADDRESS:-}" ] && ! ray status >/dev/null 2>&1; then
+  export RAY_AUTH_MODE=disabled  # a head of our own, on 127.0.0.1 only
   ray start --head --num-cpus "$(( $(nproc) > 4 ? $(nproc) : 4 ))" --dashboard-host 127.0.0.1 --disable-usage-stats
   trap 'ray stop' EXIT
 fi
