@@ -14,7 +14,9 @@ if [ -z "${RAY_ADDRESS:-}" ] && ! ray status >/dev/null 2>&1; then
   ray start --head --num-cpus "$(( $(nproc) > 4 ? $(nproc) : 4 ))" --dashboard-host 127.0.0.1 --disable-usage-stats
   trap 'ray stop' EXIT
 fi
-# The working directory travels with the job (data and config; not runs/ or checkpoints).
-ray job submit --address "${RAY_DASHBOARD:-http://127.0.0.1:8265}" \
-  --runtime-env-json '{"working_dir": ".", "excludes": ["runs/", ".git/", "*.safetensors", "examples/search_r1/data/"]}' \
-  -- agentrl train --config examples/math/grpo_smollm2.yaml --rollout-num-gpus 1 --output-dir "$PWD/runs/math_grpo_ray" "$@"
+# The job's driver runs on the head node, in this checkout (data, config, runs/ are here); the
+# trainer and engine actors import the installed agentrl. On a cluster of several nodes, run
+# this from a filesystem they share (checkpoints are written by trainer rank 0).
+args=$(printf ' %q' "$@")
+ray job submit --address "${RAY_DASHBOARD:-http://127.0.0.1:8265}" -- bash -c \
+  "cd $(printf %q "$PWD") && exec agentrl train --config examples/math/grpo_smollm2.yaml --rollout-num-gpus 1 --output-dir runs/math_grpo_ray$args"

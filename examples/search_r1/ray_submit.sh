@@ -15,6 +15,6 @@ if [ -z "${RAY_ADDRESS:-}" ] && ! ray status >/dev/null 2>&1; then
   ray start --head --num-cpus "$(( $(nproc) > 4 ? $(nproc) : 4 ))" --dashboard-host 127.0.0.1 --disable-usage-stats
   trap 'ray stop' EXIT
 fi
-ray job submit --address "${RAY_DASHBOARD:-http://127.0.0.1:8265}" \
-  --runtime-env-json '{"working_dir": ".", "excludes": ["runs/", ".git/", "*.safetensors", "examples/math/data/"]}' \
-  -- bash examples/search_r1/serve_and_train.sh --rollout-num-gpus 1 --output-dir "$PWD/runs/search_r1_ray" "$@"
+args=$(printf ' %q' "$@")
+ray job submit --address "${RAY_DASHBOARD:-http://127.0.0.1:8265}" -- bash -c \
+  "cd $(printf %q "$PWD") && exec bash examples/search_r1/serve_and_train.sh --rollout-num-gpus 1 --output-dir runs/search_r1_ray$args"
