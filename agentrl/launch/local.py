@@ -14,32 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agentrl.checkpoint import LoopState, read_checkpoint, save_checkpoint
-from agentrl.rollout.manager import RolloutManager, RolloutResult
-from agentrl.rollout.trajectory import Trajectory
+from agentrl.rollout.manager import RolloutManager
 from agentrl.trainers.dp_split import RankShare
 from agentrl.trainers.torch_trainer import TorchTrainer
 
 if TYPE_CHECKING:
     from agentrl.config import TrainConfig
-
-
-class LocalRollouts:
-    """:class:`~agentrl.launch.base.Rollouts` over a :class:`RolloutManager` in this process."""
-
-    def __init__(self, manager: RolloutManager) -> None:
-        self.manager = manager
-
-    async def rollout(self, step: int) -> RolloutResult:
-        return await self.manager.rollout(step)
-
-    async def evaluate(self) -> dict[str, list[Trajectory]]:
-        return await self.manager.evaluate()
-
-    async def seek(self, position: dict[str, int]) -> None:
-        self.manager.seek(position)
-
-    async def note_weight_version(self, weight_version: int) -> None:
-        self.manager.note_weight_version(weight_version)
 
 
 class LocalTrainers:
@@ -71,12 +51,12 @@ class LocalTrainers:
 
 
 @contextlib.asynccontextmanager
-async def launch_local(cfg: TrainConfig, model_dir: Path, run_dir: Path) -> AsyncIterator[tuple[LocalTrainers, LocalRollouts]]:
+async def launch_local(cfg: TrainConfig, model_dir: Path, run_dir: Path) -> AsyncIterator[tuple[LocalTrainers, RolloutManager]]:
     """Read the rollout inputs, load the trainer, start the engines; stop them on exit."""
     manager = RolloutManager(cfg, model_dir, run_dir)  # bad task files and plug-in paths fail here, before any model loads
     trainer = await asyncio.to_thread(TorchTrainer, model_dir, cfg.trainer(), cfg.loss(), device=cfg.device)
     try:
         await manager.start()
-        yield LocalTrainers(trainer, manager), LocalRollouts(manager)
+        yield LocalTrainers(trainer, manager), manager
     finally:
         await manager.aclose()

@@ -30,8 +30,7 @@ from agentrl.engines.launch import Engine, EngineSpec
 from agentrl.engines.pusher import FleetView, WeightPusher
 from agentrl.launch.placement import Placement
 from agentrl.launch.ray_engines import ActorEngine
-from agentrl.rollout.manager import RolloutManager, RolloutResult
-from agentrl.rollout.trajectory import Trajectory
+from agentrl.rollout.manager import RolloutManager
 from agentrl.trainers.batching import TrainSequence
 from agentrl.trainers.torch_trainer import TorchTrainer
 
@@ -139,33 +138,18 @@ class _ManagerFleetView:
         return changed
 
 
-class RolloutManagerActor:
+class RolloutManagerActor(RolloutManager):
     """The run's :class:`RolloutManager`, with its engines as actors on their bundles."""
 
     def __init__(self, cfg: TrainConfig, model_dir: str, run_dir: str, placement: Placement) -> None:
+        super().__init__(cfg, Path(model_dir), Path(run_dir), engine_factory=self._engine, restart_hook=self._restart)
         self.placement = placement
         self.trainer0: Any = None
-        self.manager = RolloutManager(cfg, Path(model_dir), Path(run_dir), engine_factory=self._engine, restart_hook=self._restart)
 
-    async def start(self, trainer0: Any) -> None:
-        """Launch the engines and the router; ``trainer0`` (rank 0's handle) gives relaunched engines their weights."""
+    async def start_with(self, trainer0: Any) -> None:
+        """:meth:`start`; ``trainer0`` (rank 0's handle) gives relaunched engines their weights."""
         self.trainer0 = trainer0
-        await self.manager.start()
-
-    async def rollout(self, step: int) -> RolloutResult:
-        return await self.manager.rollout(step)
-
-    async def evaluate(self) -> dict[str, list[Trajectory]]:
-        return await self.manager.evaluate()
-
-    async def seek(self, position: dict[str, int]) -> None:
-        self.manager.seek(position)
-
-    async def note_weight_version(self, weight_version: int) -> None:
-        self.manager.note_weight_version(weight_version)
-
-    async def aclose(self) -> None:
-        await self.manager.aclose()
+        await self.start()
 
     # ------------------------------------------------------------------ the fleet, for rank 0's pusher
     async def engine_urls(self) -> tuple[list[str], int]:
@@ -178,7 +162,7 @@ class RolloutManagerActor:
         return await self._fleet().wait_for_change(epoch)
 
     def _fleet(self) -> FleetView:
-        backend = self.manager.backend
+        backend = self.backend
         assert backend is not None and backend.fleet is not None, "start() first"
         return backend.fleet
 

@@ -178,7 +178,7 @@ async def _start_manager(cfg: TrainConfig, placement: Placement, model_dir: Path
     remote: Any = ray.remote(RolloutManagerActor)
     manager = remote.options(num_cpus=1, scheduling_strategy=here).remote(cfg, str(model_dir), str(run_dir), placement)
     actors.append(manager)
-    await call(manager.start.remote(trainer0), "the rollout manager, starting the engines and the router", SETUP_TIMEOUT_S)
+    await call(manager.start_with.remote(trainer0), "the rollout manager, starting the engines and the router", SETUP_TIMEOUT_S)
     await call(trainer0.connect_engines.remote(manager), "trainer rank 0, connecting to the engines", SETUP_TIMEOUT_S)
     return manager
 

@@ -2,9 +2,9 @@
 
 The training loop (:mod:`agentrl.train`) asks a :class:`RolloutManager` for one step's episodes
 (:meth:`~RolloutManager.rollout`) and for evaluation episodes (:meth:`~RolloutManager.evaluate`);
-it never touches an env or an engine. The same class runs in the loop's process (the local
-launcher) and in a CPU-only Ray actor (the Ray launcher, :mod:`agentrl.launch.ray_launcher`),
-where it owns sglang-router and the engine actors.
+it never touches an env or an engine. It is the loop's :class:`~agentrl.launch.base.Rollouts` in
+the loop's process (the local launcher), and the body of a CPU-only Ray actor (the Ray launcher,
+:mod:`agentrl.launch.ray_actors`), where it owns sglang-router and the engine actors.
 
 Construction reads everything that can be wrong in the user's input (task files, reward and
 plug-in paths) and loads no model, so a bad flag fails in seconds.
@@ -164,12 +164,7 @@ class RolloutManager:
         return RewardOverride(env, self.reward_fn) if self.reward_fn else env
 
     # ------------------------------------------------------------------ data and weights
-    @property
-    def data_position(self) -> dict[str, int]:
-        """Where the task stream stands (see :class:`~agentrl.data.TaskStream`)."""
-        return self.stream.position
-
-    def seek(self, position: dict[str, int]) -> None:
+    async def seek(self, position: dict[str, int]) -> None:
         """Continue the task stream from a checkpoint's ``position``."""
         self.stream.seek(position)
 
@@ -179,6 +174,6 @@ class RolloutManager:
         await self.backend.push(named_tensors, weight_version)
         self.weight_version = weight_version
 
-    def note_weight_version(self, weight_version: int) -> None:
+    async def note_weight_version(self, weight_version: int) -> None:
         """The engines now serve ``weight_version`` (pushed by a trainer in another process)."""
         self.weight_version = weight_version
