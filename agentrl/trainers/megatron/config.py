@@ -103,11 +103,6 @@ class MegatronConfig:
                               f"--pipeline-model-parallel-size {self.pipeline_model_parallel_size} ranks; use a world size that is a multiple "
                               f"of {self.model_parallel_size}")
 
-    def check_cpu(self) -> None:
-        """Raise :class:`ConfigError` for what CPU mode (:mod:`.cpu_mode`) cannot run."""
-        if self.overlap_grad_reduce:
-            raise ConfigError("--overlap-grad-reduce needs CUDA streams; turn it off on CPU")
-
     def with_recompute(self, gradient_checkpointing: bool) -> MegatronConfig:
         """This config, with ``--gradient-checkpointing`` (the PyTorch backend's switch) read as
         full recomputation of every layer when no ``--recompute-granularity`` is set."""

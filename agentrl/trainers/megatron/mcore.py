@@ -48,6 +48,7 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (FutureWarning, "Please use DTensor instead and we are deprecating ShardedTensor"),  # dist_checkpointing
     (FutureWarning, "`torch.distributed.reduce_scatter_tensor` is deprecated"),  # the distributed optimizer, sequence parallelism
     (FutureWarning, "`torch.distributed.all_gather_into_tensor` is deprecated"),  # the same, and tensor-parallel gathers
+    (UserWarning, "If you are using transformer_engine as the transformer implementation, the core_attn"),  # selective recompute
 )
 """Warnings Megatron-Core 0.16.1 raises on its own code paths, with nothing for a caller to change."""
 

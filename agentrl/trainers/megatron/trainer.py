@@ -95,9 +95,7 @@ class MegatronTrainer:
         self.config, self.loss = config, loss
         self.device = torch.device(device)
         self.parallel = (parallel or MegatronConfig()).with_recompute(config.gradient_checkpointing)
-        if self.device.type == "cpu":
-            self.parallel.check_cpu()
-        elif self.device.index is not None:
+        if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)
         self.source = Path(model_dir)
         self.hf_dir = checkpoint.hf_files_dir(self.source)

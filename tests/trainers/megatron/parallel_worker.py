@@ -34,6 +34,7 @@ SAMPLES = 8
 MODES: dict[str, tuple[str, MegatronConfig]] = {
     "dp": ("qwen3", MegatronConfig()),
     "dp_distributed_optimizer": ("qwen3", MegatronConfig(use_distributed_optimizer=True)),
+    "dp_overlap_grad_reduce": ("qwen3", MegatronConfig(overlap_grad_reduce=True)),
     "tp": ("qwen3", MegatronConfig(tensor_model_parallel_size=2)),
     "tp_sequence_parallel": ("qwen3", MegatronConfig(tensor_model_parallel_size=2, sequence_parallel=True)),
     "tp_llama": ("llama", MegatronConfig(tensor_model_parallel_size=2)),

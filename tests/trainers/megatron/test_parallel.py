@@ -1,7 +1,7 @@
-"""Megatron's parallelism over gloo on the CPU equals one rank: data parallel 2 (with and without
-the distributed optimizer), tensor parallel 2 (with and without sequence parallelism; Qwen3's
-q/k norms and tied embedding, Llama's separate output layer, Qwen2's q/k/v biases), pipeline
-parallel 2 (tied and untied embeddings).
+"""Megatron's parallelism over gloo on the CPU equals one rank: data parallel 2 (plain, with the
+distributed optimizer, with the gradient reduction overlapped), tensor parallel 2 (with and
+without sequence parallelism; Qwen3's q/k norms and tied embedding, Llama's separate output
+layer, Qwen2's q/k/v biases), pipeline parallel 2 (tied and untied embeddings).
 
 Two real ``torch.distributed`` ranks started once by ``torch.distributed.run`` run every mode of
 ``parallel_worker.MODES`` in turn; each is compared with the same rollout trained here on one

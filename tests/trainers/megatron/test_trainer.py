@@ -122,3 +122,16 @@ def test_save_hf_writes_a_directory_transformers_loads(model_dirs, megatron_trai
     trainer.save_hf(tmp_path / "hf")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in trainer.named_weights())
+
+
+@pytest.mark.parametrize("settings", [dict(gradient_checkpointing=True), dict(parallel=MegatronConfig(recompute_granularity="selective"))],
+                         ids=["full_recompute", "selective_recompute"])
+def test_recomputation_gives_the_same_gradients(model_dirs, megatron_trainer, settings):
+    sequences, parallel = make_sequences(8), settings.pop("parallel", None)
+    plain = megatron_trainer(model_dirs["qwen3"], TrainerConfig(bf16=False), LossConfig())
+    recomputing = megatron_trainer(model_dirs["qwen3"], TrainerConfig(bf16=False, **settings), LossConfig(), parallel=parallel)
+    assert recomputing.model.config.recompute_granularity == ("full" if settings else "selective")
+    plain.accumulate_gradients(sequences)
+    recomputing.accumulate_gradients(sequences)
+    want, got = megatron_grads(plain), megatron_grads(recomputing)
+    assert all(torch.equal(got[k], v) for k, v in want.items())
