@@ -111,8 +111,10 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from agentrl.trainers.megatron.checkpoint import convert
-
+    try:
+        from agentrl.trainers.megatron.checkpoint import convert
+    except ImportError as e:
+        raise ConfigError(f"agentrl convert needs Megatron-Core ({e}): pip install 'agentrl[megatron]'") from e
     convert(args.input, args.output, to=args.to)
     print(f"wrote {args.output}")
     return 0

@@ -142,7 +142,10 @@ class MegatronTrainer:
         """Run the optimizer steps of one rollout and return their averaged metrics.
 
         Args:
-            sequences: this data-parallel rank's sequences; ``sample_index`` runs over ``range(num_samples)``.
+            sequences: this data-parallel rank's sequences; ``sample_index`` runs over
+                ``range(num_samples)`` and step ``k`` trains its ``k``-th equal slice, so with several
+                steps per rollout each rank's slice ``k`` must be its part of the rollout's step ``k``
+                (for the update to equal one rank's on the whole rollout).
             num_samples: this rank's number of samples (trajectories) in the rollout.
         """
         steps = self.config.num_steps_per_rollout

@@ -24,6 +24,7 @@ from tests.trainers.megatron.megatron_cases import CONFIG, LOSS, make_sequences,
 from tests.trainers.megatron.parallel_worker import MODES, SAMPLES
 
 WORKER = Path(__file__).with_name("parallel_worker.py")
+pytestmark = pytest.mark.slow  # one launch of two ranks runs every mode: about a minute on two cores
 
 
 @pytest.fixture(scope="module")
