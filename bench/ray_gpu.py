@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -31,13 +32,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config
 
 QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)
+REWARD = "async def reward(args, sample, **kw):\n    return float(sum(map(ord, sample.response)) % 7) / 6\n"
+"""A reward with spread in every group (the random model earns nothing on the task), so every step trains."""
 PARTS = ("perf/step_time_s", "perf/rollout_time_s", "perf/train_time_s", "perf/weight_sync_time_s")
 
 
-def make_model(path: Path, tokenizer_dir: Path) -> int:
+def make_model(path: Path, tokenizer_dir: Path, layers: int) -> int:
     """The model directory; returns its parameter count."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = Qwen3Config(**QWEN3_06B, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, torch_dtype="bfloat16")
+    config = Qwen3Config(**{**QWEN3_06B, "num_hidden_layers": layers}, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, torch_dtype="bfloat16")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
     model.save_pretrained(path)
@@ -53,23 +56,28 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--ray", default="ray", help="the ray command line")
+    parser.add_argument("--device", default="cuda", help="cuda; cpu only to try the script out")
+    parser.add_argument("--layers", type=int, default=QWEN3_06B["num_hidden_layers"], help="fewer only to try the script out")
     args = parser.parse_args()
     ray = shlex.split(args.ray)
     work = Path(tempfile.mkdtemp(prefix="ray_gpu_"))
-    params = make_model(work / "model", args.tokenizer)
+    params = make_model(work / "model", args.tokenizer, args.layers)
     tasks = work / "tasks.jsonl"
     tasks.write_text("".join(json.dumps({"input": f"What is {i} + {2 * i + 7}?", "label": str(3 * i + 7)}) + "\n" for i in range(256)))
+    (work / "bench_reward.py").write_text(REWARD)
     out = work / "run"
-    subprocess.run([*ray, "start", "--head", "--num-gpus", "1", "--num-cpus", "8", "--disable-usage-stats", "--dashboard-host", "127.0.0.1"],
+    os.environ["PYTHONPATH"] = f"{work}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"  # the job inherits ray start's environment
+    gpus = ["--num-gpus", "1"] if args.device == "cuda" else []
+    subprocess.run([*ray, "start", "--head", *gpus, "--num-cpus", "8", "--disable-usage-stats", "--dashboard-host", "127.0.0.1"],
                    check=True, timeout=300)
     try:
         started = time.perf_counter()
         job = subprocess.run([*ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--", sys.executable, "-m", "agentrl.train",
-                              "--device", "cuda", "--colocate", "--actor-num-gpus-per-node", "1", "--hf-checkpoint", str(work / "model"),
+                              "--device", args.device, "--colocate", "--actor-num-gpus-per-node", "1", "--hf-checkpoint", str(work / "model"),
                               "--prompt-data", str(tasks), "--output-dir", str(out), "--num-rollout", str(args.steps),
                               "--rollout-batch-size", str(args.prompts), "--n-samples-per-prompt", str(args.samples),
                               "--rollout-max-response-len", str(args.max_tokens), "--use-dynamic-batch-size", "--max-tokens-per-gpu", "16384",
-                              "--lr", "1e-6", "--rollout-temperature", "1.0"], timeout=3000)
+                              "--lr", "1e-6", "--rollout-temperature", "1.0", "--custom-rm-path", "bench_reward.reward"], timeout=3000)
         wall = time.perf_counter() - started
     finally:
         subprocess.run([*ray, "stop", "--force"], timeout=300)

@@ -43,6 +43,7 @@ from agentrl.trainers.weight_sync import (
     DiskWeightSync,
     DistributedWeightSync,
     HTTPWeightSync,
+    TensorWeightSync,
 )
 
 SHAPES = {
@@ -119,6 +120,7 @@ async def run_pushes(sync: HTTPWeightSync, model: torch.nn.Module, previous: tor
         stats = sync.last_push
         tokens, served = await served_logprobs(url)
         rows.append({"seconds": stats.seconds, "gb": stats.bytes / 1e9, "gb_per_s": stats.gb_per_s, "buckets": stats.buckets,
+                     "prepare_s": stats.prepare_s, "quiesce_s": stats.quiesce_s, "transfer_s": stats.transfer_s, "resume_s": stats.resume_s,
                      "max_logprob_diff": float((served - local_logprobs(model, tokens)).abs().max()),
                      "logprob_diff_vs_previous": float((served - local_logprobs(previous, tokens)).abs().max())})
     return rows
@@ -127,6 +129,8 @@ async def run_pushes(sync: HTTPWeightSync, model: torch.nn.Module, previous: tor
 def make_sync(transport: str, url: str, args: argparse.Namespace, workdir: Path) -> HTTPWeightSync:
     if transport == "disk":
         return DiskWeightSync([url], workdir / "pushed", dtype=DTYPES[args.wire_dtype])
+    if transport == "tensor":  # CUDA IPC to an engine on this node (--colocate)
+        return TensorWeightSync([url], device="cuda", bucket_bytes=args.bucket_mb * 2**20, dtype=DTYPES[args.wire_dtype])
     return DistributedWeightSync([url], backend=transport, bucket_bytes=args.bucket_mb * 2**20, dtype=DTYPES[args.wire_dtype])
 
 
@@ -152,7 +156,7 @@ def main() -> None:
     parser.add_argument("--bucket-mb", type=int, default=512)
     parser.add_argument("--wire-dtype", choices=DTYPES, default="bfloat16")
     parser.add_argument("--engine-dtype", choices=DTYPES, default="bfloat16")
-    parser.add_argument("--transports", default=None, help="comma-separated of disk, nccl, gloo (default: disk and nccl, or gloo on one GPU)")
+    parser.add_argument("--transports", default=None, help="comma-separated of disk, nccl, gloo, tensor (CUDA IPC; default: disk and nccl, or gloo on one GPU)")
     parser.add_argument("--max-logprob-diff", type=float, default=None, help="exit 1 if the engine's log-probs differ more")
     args = parser.parse_args()
     gpus = torch.cuda.device_count()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import itertools
 import logging
 import socket
 import time
@@ -81,11 +82,18 @@ class EngineWeightSync(WeightSync):
 @dataclass(frozen=True)
 class PushStats:
     """What the last push moved: tensor bytes (tied weights once), transfer requests per
-    engine, and the wall time of the whole push (preparation, pause to version check)."""
+    engine, and the wall time of the whole push and of its parts, in seconds: ``prepare_s``
+    (before the engines pause: casts, files, a group's setup), ``quiesce_s`` (pause and cache
+    flush), ``transfer_s`` (the weights into every engine), ``resume_s`` (continue and the
+    version check)."""
 
     bytes: int
     buckets: int
     seconds: float
+    prepare_s: float = 0.0
+    quiesce_s: float = 0.0
+    transfer_s: float = 0.0
+    resume_s: float = 0.0
 
     @property
     def gb_per_s(self) -> float:
@@ -118,12 +126,15 @@ class HTTPWeightSync(WeightSync):
                 told to continue generating either way.
             WeightSyncError: an engine reports another version afterwards.
         """
-        started = time.perf_counter()
+        marks = [time.perf_counter()]
         prepared = await self._prepare(named_tensors)
+        marks.append(time.perf_counter())
         try:
             await self._each(lambda engine: engine.pause(self.pause_mode))
             await self._each(lambda engine: engine.flush_cache(self.flush_wait_s))
+            marks.append(time.perf_counter())
             nbytes, buckets = await self._transfer(prepared, str(weight_version))
+            marks.append(time.perf_counter())
         finally:  # every engine is told to continue, even after a failure
             resumed = await asyncio.gather(*(engine.resume() for engine in self.engines), return_exceptions=True)
         for error in resumed:
@@ -133,7 +144,9 @@ class HTTPWeightSync(WeightSync):
         stale = [f"{e.url} reports {v!r}" for e, v in zip(self.engines, versions) if v != str(weight_version)]
         if stale:
             raise WeightSyncError(f"after pushing weight version {weight_version}: {'; '.join(stale)}")
-        self.last_push = PushStats(nbytes, buckets, time.perf_counter() - started)
+        marks.append(time.perf_counter())
+        parts = [b - a for a, b in itertools.pairwise(marks)]
+        self.last_push = PushStats(nbytes, buckets, marks[-1] - marks[0], *parts)
 
     async def aclose(self) -> None:
         """Close the HTTP clients; safe to call twice."""

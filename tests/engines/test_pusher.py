@@ -65,8 +65,8 @@ async def test_the_weights_kept_for_a_relaunched_engine_are_the_pushed_version_n
     await push.push([("w", weight)], 3)
     with torch.no_grad():
         weight.add_(1.0)  # the next optimizer step
-    tensors, version = push.latest
-    assert version == 3 and torch.equal(tensors[0][1], torch.ones(4, 4)) and tensors[0][1].device.type == "cpu"
+    ((_, kept),) = push.latest.tensors
+    assert push.latest_version == 3 and torch.equal(kept, torch.ones(4, 4)) and kept.device.type == "cpu"
 
 
 async def test_a_push_that_hits_a_dead_engine_waits_for_the_fleet_and_goes_to_the_engines_in_service():
