@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,11 @@ class _Engines:
 
     # ------------------------------------------------------------------ FleetView
     async def engine_urls(self) -> tuple[list[str], int]:
+        """The engines in service and the epoch; a relaunched engine rejoins just after the
+        restart hook, so an empty fleet is waited for (up to the router's timeout) before answering."""
+        deadline = time.monotonic() + self.fleet.config.router_timeout_s
+        while not self.fleet.urls and time.monotonic() < deadline:  # noqa: ASYNC110 - the fleet sets no event on a rejoin
+            await asyncio.sleep(0.1)
         return self.fleet.urls, self.epoch
 
     async def hold_checks(self, hold: bool) -> None:

@@ -127,12 +127,14 @@ class WeightPusher:
             self.latest_version = weight_version
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             urls, epoch = await self.view.engine_urls()
-            if epoch != self._epoch:
-                await self._drop_sync()
-                self._sync, self._epoch = self._transport(urls), epoch
-            assert self._sync is not None
             await self.view.hold_checks(True)
             try:
+                if not urls:
+                    raise EngineRequestError("no engine is in service (one may be relaunching)")
+                if epoch != self._epoch:
+                    await self._drop_sync()
+                    self._sync, self._epoch = self._transport(urls), epoch
+                assert self._sync is not None
                 await self._sync.push(tensors, weight_version=weight_version)
                 return
             except EngineRequestError as e:

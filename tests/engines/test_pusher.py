@@ -86,3 +86,12 @@ async def test_a_push_that_keeps_failing_gives_up_after_its_attempts():
     with pytest.raises(EngineRequestError, match="could not be reached"):
         await push.push([("w", torch.zeros(2))], 1)
     assert len(made) == 3 and fleet.holds.count(True) == fleet.holds.count(False) == 3
+
+
+async def test_a_fleet_with_no_engine_in_service_is_waited_for_not_pushed_to():
+    """An engine relaunched by the fleet is out of service until it rejoins: a push then waits."""
+    fleet = StubFleet()
+    fleet.urls = []
+    push, made = pusher(fleet)
+    await push.push([("w", torch.zeros(2))], 1)
+    assert fleet.waits == 1 and [m.urls for m in made] == [["http://a", "http://b2"]] and made[0].pushed == [1]
