@@ -66,7 +66,8 @@ class SearchR1Env(Env):
         retrieval_score: reward of the first search that retrieves a passage holding a gold answer.
         search_enabled: False answers searches with "search is disabled" (control runs).
         max_searches: searches per episode; None: no cap (the turn limit still applies).
-        last_search_message: appended to the last search's observation, a template of the tags.
+        last_search_message: appended to the last search's observation, a template of the tags
+            and ``{question}`` (the episode's question, restated next to the answer turn).
         answer_prefill: the turn after the last search starts with ``<answer>`` (needs ``max_searches``).
         tags: names of the ``think``, ``search``, ``information`` and ``answer`` tags.
         observation_role: the chat role observations are sent as.
@@ -96,7 +97,8 @@ class SearchR1Env(Env):
         if answer_prefill and max_searches is None:
             raise ValueError("answer_prefill: needs max_searches (the prefill follows the last search)")
         self.max_searches, self.answer_prefill = max_searches, answer_prefill
-        self.last_search_message = _checked_template("last_search_message", last_search_message, **self.tags).format(**self.tags)
+        self._last_search_template = _checked_template("last_search_message", last_search_message, question="?", **self.tags)
+        self.last_search_message = self._last_search_template.format(question="", **self.tags)
         self._search = _tag_pattern(self.tags["search"])
         self._answer = _tag_pattern(self.tags["answer"])
         self._label: Any = None
@@ -109,6 +111,7 @@ class SearchR1Env(Env):
         question = str(task.prompt).strip()
         if question and question[-1] != "?":
             question += "?"
+        self.last_search_message = self._last_search_template.format(question=question, **self.tags)
         return [{"role": "user", "content": self.instruction.format(question=question, **self.tags)}], {}
 
     async def step(self, action: Action) -> StepResult:

@@ -180,6 +180,15 @@ async def test_max_searches_asks_for_the_answer_after_the_last_search_and_runs_n
         env_for(retriever, max_searches=0)
 
 
+async def test_the_last_search_message_can_restate_the_question(retriever):
+    env = env_for(retriever, max_searches=1, last_search_message="No searches left. Answer: {question} <{answer}>")
+    last, refused = await play(env, "<search>france</search>", "<search>peru</search>")
+    assert last.observation[0]["content"].endswith("</information>\nNo searches left. Answer: What is the capital of France? <answer>")
+    assert refused.observation[0]["content"] == "No searches left. Answer: What is the capital of France? <answer>"
+    with pytest.raises(ValueError, match="last_search_message: not a template"):
+        env_for(retriever, last_search_message="{query}")
+
+
 async def test_answer_prefill_starts_the_last_turn_with_a_masked_answer_tag(retriever, tokenizer):
     replies = ["<search>capital of France</search>", " Paris</answer>"]
     renderer = ChatRenderer(tokenizer)
