@@ -5,17 +5,23 @@
 :class:`Trainer` structurally (checked by mypy below), so the loop takes either. Both are built
 as ``Backend(model_dir, TrainerConfig, LossConfig, device=...)``; Megatron adds its parallel
 settings (:class:`~agentrl.trainers.megatron.config.MegatronConfig`).
+:func:`agentrl.trainers.build.build_trainer` builds the one ``--train-backend`` names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from torch import Tensor
 
 from agentrl.trainers.batching import TrainSequence
+
+TrainBackend = Literal["torch", "megatron"]
+TRAIN_BACKENDS: tuple[str, ...] = ("torch", "megatron")
+"""``--train-backend``'s choices: :class:`TorchTrainer` and :class:`MegatronTrainer`
+(:func:`agentrl.trainers.build.build_trainer` builds either)."""
 
 
 class Trainer(Protocol):
@@ -57,6 +63,11 @@ class Trainer(Protocol):
 
     def save_hf(self, path: str | Path) -> None:
         """Write the policy as a Hugging Face model directory (safetensors and config)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the trainer holds besides memory (Megatron's process groups); call it
+        once, when the trainer is no longer used."""
         ...
 
 

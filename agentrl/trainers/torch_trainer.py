@@ -262,6 +262,9 @@ class TorchTrainer:
         """Export the policy as a Hugging Face model directory (safetensors)."""
         self.model.save_pretrained(path, safe_serialization=True)
 
+    def close(self) -> None:
+        """Nothing to release: the model and optimizer are plain memory."""
+
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
 
