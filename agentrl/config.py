@@ -49,7 +49,9 @@ from agentrl.launch.placement import PlacementConfig
 from agentrl.rollout.conversation import BridgeMode
 from agentrl.rollout.runner import RolloutConfig
 from agentrl.trainers.algorithms import ADVANTAGE_ESTIMATORS, KL_TYPES, LossConfig
+from agentrl.trainers.base import TRAIN_BACKENDS
 from agentrl.trainers.lr_schedule import LR_DECAY_STYLES
+from agentrl.trainers.megatron.config import RECOMPUTE_GRANULARITIES, RECOMPUTE_METHODS, MegatronConfig
 from agentrl.trainers.torch_trainer import TrainerConfig
 
 
@@ -256,6 +258,26 @@ class TrainConfig(EpisodeConfig):
     use_dynamic_batch_size: bool = opt(False, "pack micro-batches by token budget")
     max_tokens_per_gpu: int | None = opt(None, "token budget of a micro-batch", range=AT_LEAST_1)
     train_async: bool = opt(False, "one-step-asynchronous: the next rollout overlaps this step's training")
+    # --- training backend (slime's --train-backend), and Megatron-LM's own flags for the Megatron trainer
+    train_backend: str = opt("torch", "the trainer: torch (PyTorch) or megatron (Megatron-Core: pip install 'agentrl[megatron]')",
+                             choices=TRAIN_BACKENDS)
+    tensor_model_parallel_size: int = opt(1, "Megatron: ranks that split each layer's matrices (only 1 for now: one trainer rank)",
+                                          range=AT_LEAST_1)
+    pipeline_model_parallel_size: int = opt(1, "Megatron: ranks that split the layers into stages (only 1 for now: one trainer rank)",
+                                            range=AT_LEAST_1)
+    context_parallel_size: int = opt(1, "Megatron: only 1 (context parallelism needs Transformer Engine's attention)", range=AT_LEAST_1)
+    sequence_parallel: bool = opt(False, "Megatron: split norms and residuals along the tokens across tensor-parallel ranks")
+    use_distributed_optimizer: bool = opt(False, "Megatron: shard the optimizer state across data-parallel ranks (ZeRO-1)")
+    recompute_granularity: str | None = opt(None, "Megatron: recompute activations in backward, full (layers) or selective (attention core) "
+                                                  "(unset: keep every activation)", choices=RECOMPUTE_GRANULARITIES)
+    recompute_method: str | None = opt(None, "Megatron, with --recompute-granularity full: uniform or block", choices=RECOMPUTE_METHODS)
+    recompute_num_layers: int | None = opt(None, "Megatron, with --recompute-granularity full: layers per checkpoint (uniform) or "
+                                                 "checkpointed layers per stage (block)", range=AT_LEAST_1)
+    make_vocab_size_divisible_by: int = opt(128, "Megatron: pad the vocabulary to a multiple of this x the tensor-parallel size",
+                                            range=AT_LEAST_1)
+    accumulate_allreduce_grads_in_fp32: bool = opt(True, "Megatron: gradients and their all-reduce in fp32 under bf16")
+    overlap_grad_reduce: bool = opt(False, "Megatron: overlap the data-parallel gradient reduction with the backward pass")
+    distributed_timeout_minutes: int = opt(10, "Megatron: minutes each collective of its process groups may take", range=AT_LEAST_1)
     # --- evaluation
     eval_interval: int | None = opt(None, "evaluate every N steps (and at the start and end)", range=AT_LEAST_1)
     eval_prompt_data: list[str] = opt([], "NAME PATH pairs of eval datasets", nargs="+")
@@ -355,6 +377,13 @@ class TrainConfig(EpisodeConfig):
             bf16=self.bf16, temperature=self.rollout_temperature, calculate_per_token_loss=self.calculate_per_token_loss,
         )
 
+    def megatron(self) -> MegatronConfig | None:
+        """The Megatron trainer's parallelism and memory settings (its fields are this config's);
+        ``None`` with ``--train-backend torch``."""
+        if self.train_backend != "megatron":
+            return None
+        return MegatronConfig(**{name: getattr(self, name) for name in MEGATRON_FIELDS})
+
     def loss(self) -> LossConfig:
         return LossConfig(
             eps_clip=self.eps_clip, eps_clip_high=self.eps_clip_high, eps_clip_c=self.eps_clip_c,
@@ -373,6 +402,10 @@ class TrainConfig(EpisodeConfig):
         """``--eval-prompt-data NAME PATH ...`` as a mapping."""
         pairs = self.eval_prompt_data
         return {pairs[i]: Path(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+
+
+MEGATRON_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MegatronConfig))
+"""The fields of :class:`TrainConfig` that are the Megatron trainer's (Megatron-LM's flag names)."""
 
 
 # ---------------------------------------------------------------------- validation
@@ -451,8 +484,42 @@ def _validate_launch(cfg: TrainConfig) -> None:
                           "or --rollout-engine-urls URL ...")
 
 
+def _validate_backend(cfg: TrainConfig) -> None:
+    """Megatron's flags only with ``--train-backend megatron``, which needs Megatron-Core and
+    (for now) runs one trainer rank."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changed = [name for name in MEGATRON_FIELDS if getattr(cfg, name) != defaults[name]]
+    if cfg.train_backend == "torch" and changed:
+        raise ConfigError(f"{', '.join(_flag(n) for n in changed)}: Megatron-LM's setting{'s' if len(changed) > 1 else ''}, "
+                          "which the torch trainer does not read: add --train-backend megatron")
+    if cfg.train_backend == "megatron" and not _importable("megatron.core"):
+        raise ConfigError("--train-backend megatron needs Megatron-Core, which is not installed: pip install 'agentrl[megatron]'")
+    parallel = cfg.megatron()  # its own checks: context parallelism, sequence parallelism, recomputation
+    if parallel is None:
+        return
+    ranks = cfg.placement().trainer_ranks if cfg.launcher == "ray" else 1
+    if ranks > 1:
+        raise ConfigError(f"--train-backend megatron runs one trainer rank for now, and --actor-num-nodes x --actor-num-gpus-per-node "
+                          f"ask for {ranks}: pass --actor-num-gpus-per-node 1, or --train-backend torch for data-parallel ranks")
+    if parallel.model_parallel_size > 1:
+        raise ConfigError(f"--tensor-model-parallel-size {parallel.tensor_model_parallel_size} x --pipeline-model-parallel-size "
+                          f"{parallel.pipeline_model_parallel_size} needs {parallel.model_parallel_size} trainer ranks; "
+                          "--train-backend megatron runs one for now: pass 1")
+    if parallel.use_distributed_optimizer:
+        raise ConfigError("--use-distributed-optimizer shards the optimizer state across data-parallel ranks; "
+                          "--train-backend megatron runs one trainer rank for now, with nothing to shard: drop it")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package; a module blocked in sys.modules
+        return False
+
+
 def _validate_training(cfg: TrainConfig) -> None:
     _validate_launch(cfg)
+    _validate_backend(cfg)
     if cfg.router_args and not cfg.backend().remote:
         raise ConfigError("--router-* options need engines: --rollout-num-engines N or --rollout-engine-urls URL ...")
     if cfg.use_dynamic_batch_size and not cfg.max_tokens_per_gpu:

@@ -243,3 +243,41 @@ def test_a_yaml_file_that_is_not_utf8_is_named_with_its_line(tmp_path, data):
     with pytest.raises(ConfigError) as excinfo:
         load_config(["--config", str(config)])
     assert f"{config}:2: not UTF-8" in str(excinfo.value) and "byte 0xe9" in str(excinfo.value)
+
+
+def test_megatron_flags_reach_the_megatron_config_from_yaml_and_the_command_line(tmp_path, data):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"prompt-data: {data}\ntrain-backend: megatron\nrecompute-granularity: full\nrecompute-method: uniform\n"
+                      "make-vocab-size-divisible-by: 64\n")
+    cfg = load_config(["--config", str(config), "--recompute-num-layers", "2", "--overlap-grad-reduce", "--distributed-timeout-minutes", "3",
+                       "--no-accumulate-allreduce-grads-in-fp32"])
+    parallel = cfg.megatron()
+    assert parallel is not None and (parallel.recompute_granularity, parallel.recompute_method, parallel.recompute_num_layers) == ("full", "uniform", 2)
+    assert (parallel.make_vocab_size_divisible_by, parallel.overlap_grad_reduce, parallel.distributed_timeout_minutes) == (64, True, 3)
+    assert parallel.accumulate_allreduce_grads_in_fp32 is False
+    assert load_config(["--prompt-data", str(data)]).megatron() is None  # the torch backend gets none
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--tensor-model-parallel-size", "2"], "^--tensor-model-parallel-size: Megatron-LM's setting, which the torch trainer does not read: "
+                                            "add --train-backend megatron$"),
+    (["--sequence-parallel", "--recompute-granularity", "selective"], "^--sequence-parallel, --recompute-granularity: Megatron-LM's settings"),
+    (["--train-backend", "megatron", "--context-parallel-size", "2"], "^--context-parallel-size 2: context parallelism needs Transformer Engine"),
+    (["--train-backend", "megatron", "--recompute-granularity", "full"], "^--recompute-granularity full needs --recompute-method"),
+    (["--train-backend", "megatron", "--tensor-model-parallel-size", "2"], "^--tensor-model-parallel-size 2 x --pipeline-model-parallel-size 1 "
+                                                                           "needs 2 trainer ranks; --train-backend megatron runs one for now"),
+    (["--train-backend", "megatron", "--use-distributed-optimizer"], "^--use-distributed-optimizer shards the optimizer state"),
+    (["--train-backend", "megatron", "--launcher", "ray", "--colocate", "--actor-num-gpus-per-node", "2"],
+     "^--train-backend megatron runs one trainer rank for now, and --actor-num-nodes x --actor-num-gpus-per-node ask for 2"),
+    (["--train-backend", "fsdp"], "argument --train-backend: invalid choice: 'fsdp'"),
+])
+def test_megatron_settings_are_refused_in_one_line_naming_the_flag(data, flags, message):
+    with pytest.raises(ConfigError, match=message) as failure:
+        load_config(["--prompt-data", str(data), *flags])
+    assert "\n" not in str(failure.value)
+
+
+def test_train_backend_megatron_without_megatron_core_names_the_extra(data, monkeypatch):
+    monkeypatch.setitem(sys.modules, "megatron.core", None)  # what an environment without the package imports
+    with pytest.raises(ConfigError, match=r"^--train-backend megatron needs Megatron-Core, which is not installed: pip install 'agentrl\[megatron\]'$"):
+        load_config(["--prompt-data", str(data), "--train-backend", "megatron"])

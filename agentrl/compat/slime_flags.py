@@ -22,18 +22,20 @@ SLIME_ROLLOUT_FUNCTION = "slime.rollout.sglang_rollout.generate_rollout"
 
 RAY = ("a Ray cluster setting agentrl's launcher does not take (issue 12: --launcher ray places trainer ranks and engines with "
        "--actor-num-nodes, --actor-num-gpus-per-node, --rollout-num-gpus, --rollout-num-gpus-per-engine, --colocate)")
-MEGATRON = "a Megatron model/parallelism flag: the Megatron trainer (issue 13, --train-backend megatron); the PyTorch trainer reads the model from --hf-checkpoint"
+MEGATRON = ("a Megatron model/parallelism flag agentrl does not take: both trainers read the model from --hf-checkpoint; --train-backend megatron "
+            "takes --tensor-model-parallel-size, --pipeline-model-parallel-size, --sequence-parallel, --use-distributed-optimizer, "
+            "--recompute-granularity, --recompute-method, --recompute-num-layers")
 WEIGHT_SYNC = "weight sync is chosen with --weight-sync distributed|disk"
 
 REFUSED: dict[str, str] = {
     **dict.fromkeys(("--actor-num-nodes", "--actor-num-gpus-per-node", "--rollout-num-gpus", "--rollout-num-gpus-per-engine", "--num-gpus-per-node",
                      "--colocate", "--offload", "--offload-train", "--offload-rollout", "--no-offload-train", "--no-offload-rollout",
                      "--prefill-num-servers", "--sglang-config", "--use-distributed-post", "--release-train", "--train-env-vars",
-                     "--distributed-backend", "--distributed-timeout-minutes", "--use-fault-tolerance"), RAY),
+                     "--distributed-backend", "--use-fault-tolerance"), RAY),
     **dict.fromkeys(("--update-weight-mode", "--update-weight-transport", "--update-weight-disk-dir", "--update-weight-disk-keep-files",
                      "--update-weight-delta-encoding", "--update-weight-delta-checksum", "--update-weight-local-checkpoint-dir",
                      "--custom-update-weight-post-write-path"), WEIGHT_SYNC),
-    **dict.fromkeys(("--train-backend", "--spec", "--megatron-config-path", "--custom-model-provider-path", "--model-name", "--seq-length",
+    **dict.fromkeys(("--spec", "--megatron-config-path", "--custom-model-provider-path", "--model-name", "--seq-length",
                      "--enable-experimental", "--allgather-cp", "--data-pad-size-multiplier", "--qwen-gdn-backend", "--recompute-loss-function",
                      "--log-probs-max-tokens-per-gpu", "--only-train-params-name-list", "--freeze-params-name-list", "--freeze-indexer",
                      "--async-save", "--no-save-optim", "--save-hf", "--ref-ckpt-step", "--enable-mtp-training", "--padded-vocab-size",
@@ -69,8 +71,8 @@ REFUSED: dict[str, str] = {
     "--opd-type": "on-policy distillation is not implemented in agentrl",
     "--opd-kl-coef": "on-policy distillation is not implemented in agentrl",
     "--opd-teacher-load": "on-policy distillation is not implemented in agentrl",
-    "--use-routing-replay": "MoE routing replay needs the Megatron trainer (issue 13)",
-    "--use-rollout-routing-replay": "MoE routing replay needs the Megatron trainer (issue 13)",
+    "--use-routing-replay": "MoE routing replay is not implemented (agentrl's trainers train dense Llama/Qwen2/Qwen3 models)",
+    "--use-rollout-routing-replay": "MoE routing replay is not implemented (agentrl's trainers train dense Llama/Qwen2/Qwen3 models)",
     "--use-opsm": "off-policy sequence masking is not implemented in agentrl; see --use-tis",
     "--eval-min-new-tokens": "not supported by agentrl's sampling (no min_new_tokens)",
     "--eval-max-prompt-len": "not supported; --rollout-max-prompt-len filters training prompts",
@@ -79,8 +81,8 @@ REFUSED: dict[str, str] = {
     "--apply-chat-template-kwargs": "not supported: the chat template is rendered with the tokenizer's defaults",
     "--rollout-sample-hook-path": "not supported: change the sample in the generate function",
     "--start-rollout-id": "resume with --load (the step is read from the checkpoint)",
-    "--reset-optimizer-states": "not supported by the PyTorch trainer",
-    "--use-stateless-adam": "not supported by the PyTorch trainer",
+    "--reset-optimizer-states": "not supported by agentrl's trainers",
+    "--use-stateless-adam": "not supported by agentrl's trainers",
     "--value-clip": "PPO with a critic is not implemented (--advantage-estimator grpo|gspo|reinforce_plus_plus|reinforce_plus_plus_baseline)",
     "--gamma": "PPO with a critic is not implemented (--advantage-estimator grpo|gspo|reinforce_plus_plus|reinforce_plus_plus_baseline)",
     "--lambd": "PPO with a critic is not implemented (--advantage-estimator grpo|gspo|reinforce_plus_plus|reinforce_plus_plus_baseline)",
@@ -99,7 +101,9 @@ MEGATRON_PREFIXES = ("--moe-", "--mtp-", "--recompute-", "--rotary-", "--megatro
                      "--sequence-parallel", "--use-distributed-optimizer", "--optimizer-cpu-offload", "--overlap-", "--use-precision-aware",
                      "--no-gradient-accumulation", "--no-masked-softmax", "--no-check-for-nan", "--no-position-embedding", "--accumulate-allreduce",
                      "--use-gated-attention", "--attention-output-gate", "--tp", "--ep", "--pp")
-"""Megatron's model and parallelism flags, by prefix (exact names for the short ones)."""
+"""Megatron's model and parallelism flags, by prefix (exact names for the short ones). Those that are
+``TrainConfig`` fields (``--tensor-model-parallel-size``, ``--recompute-granularity`` ...) never
+reach :func:`refusal`: :func:`split_slime_flags` leaves a config's own flags alone."""
 _EXACT_ONLY = frozenset({"--tp", "--ep", "--pp"})
 
 NOTED: dict[str, tuple[int, str]] = {

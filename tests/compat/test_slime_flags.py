@@ -57,15 +57,22 @@ def test_every_flag_of_slimes_run_scripts_is_accepted_or_refused_with_a_reason(d
 
 
 def test_refusals_name_the_issue_that_covers_them():
-    assert "issue 13" in refusal("--tensor-model-parallel-size") and "--train-backend megatron" in refusal("--num-layers")
-    assert "issue 13" in refusal("--moe-router-topk") and "issue 12" in refusal("--use-distributed-post")
+    assert "--train-backend megatron takes --tensor-model-parallel-size" in refusal("--num-layers")
+    assert "--hf-checkpoint" in refusal("--moe-router-topk") and "issue 12" in refusal("--use-distributed-post")
     assert "--weight-sync" in refusal("--update-weight-transport")
     assert refusal("--rollout-batch-size") is None
     with pytest.raises(ConfigError) as failure:
         load_config(["--num-layers", "40", "--spec", "a", "b", "--use-opd"])
     message = str(failure.value)
-    assert message.startswith("slime flags not supported: --num-layers (a Megatron model/parallelism flag: the Megatron trainer (issue 13")
+    assert message.startswith("slime flags not supported: --num-layers (a Megatron model/parallelism flag agentrl does not take")
     assert "--spec (" in message and "--use-opd (on-policy distillation is not implemented in agentrl)" in message
+
+
+def test_slimes_train_backend_and_megatron_parallel_flags_are_accepted(data):
+    cfg = load_config(["--prompt-data", str(data), "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--train-backend", "megatron",
+                       "--tensor-model-parallel-size", "1", "--pipeline-model-parallel-size", "1", "--context-parallel-size", "1",
+                       "--recompute-granularity", "selective", "--distributed-timeout-minutes", "5"])
+    assert cfg.train_backend == "megatron" and cfg.megatron() is not None and not cfg.slime_args
 
 
 def test_close_match_hints_only_when_close(data):
