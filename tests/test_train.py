@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from agentrl.config import load_config
 from agentrl.errors import ConfigError
 from agentrl.train import train
+from agentrl.trainers.torch_trainer import TorchTrainer
 
 
 @pytest.fixture
@@ -143,10 +145,12 @@ def test_a_slime_generate_function_runs_against_the_engine_over_http(tiny_llama_
 
 
 def test_dynamic_sampling_with_partial_rollout_trains_only_groups_with_reward_spread(tiny_llama_dir, data, tmp_path, monkeypatch):
-    (tmp_path / "length_rm.py").write_text("async def reward(args, sample, **kw):\n    return float(len(sample.response) % 2)\n")
+    # Odd answers: the two samples of a group earn 0 and 1 (kept); even answers: 0 and 0 (dropped).
+    (tmp_path / "parity_rm.py").write_text("async def reward(args, sample, **kw):\n"
+                                            "    return float(sample.index % 2) if int(sample.label) % 2 else 0.0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
-    train(load_config(args(tiny_llama_dir, data, out, "--num-rollout", "3", "--custom-rm-path", "length_rm.reward", "--no-bf16",
+    train(load_config(args(tiny_llama_dir, data, out, "--num-rollout", "3", "--custom-rm-path", "parity_rm.reward", "--no-bf16",
                            "--over-sampling-batch-size", "3", "--partial-rollout", "--mask-offpolicy-in-partial-rollout",
                            "--dynamic-sampling-filter-path", "agentrl.rollout.filters.check_reward_nonzero_std")))
     steps = [r for r in records(out) if "rollout/reward_mean" in r]
@@ -161,6 +165,49 @@ def test_dynamic_sampling_with_partial_rollout_trains_only_groups_with_reward_sp
         assert len({r["reward"] for r in group}) == 2
     drops = sum(v for s in steps for k, v in s.items() if k.startswith("dynamic_filter/drop_zero_std_"))
     assert drops == sum(s["over_sampling/groups_dropped"] for s in steps) and drops > 0
+
+
+def megatron_args(tiny_llama_dir, data, out, backend, *extra):
+    """Two fp32 steps whose groups have a reward spread (so both train), a checkpoint after each."""
+    return args(tiny_llama_dir, data, out, "--num-rollout", "2", "--no-bf16", "--custom-rm-path", "length_rm.reward",
+                "--train-backend", backend, *extra)
+
+
+@pytest.fixture
+def length_rm(tmp_path, monkeypatch):
+    (tmp_path / "length_rm.py").write_text("async def reward(args, sample, **kw):\n    return float(len(sample.response) % 3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_train_backend_megatron_trains_as_the_torch_backend_does(tiny_llama_dir, data, tmp_path, length_rm):
+    """The whole loop with the Megatron trainer: same rewards, losses and gradient norms as torch."""
+    runs = {backend: tmp_path / backend for backend in ("torch", "megatron")}
+    for backend, out in runs.items():
+        train(load_config(megatron_args(tiny_llama_dir, data, out, backend)))
+    torch_steps, megatron_steps = ({r["step"]: r for r in records(out) if "rollout/reward_mean" in r} for out in runs.values())
+    assert sorted(megatron_steps) == [1, 2]
+    for step in (1, 2):  # step 2's episodes were sampled with the weights each trainer pushed after step 1
+        got, want = megatron_steps[step], torch_steps[step]
+        assert got["rollout/reward_mean"] == want["rollout/reward_mean"] and got["rollout/response_len_mean"] == want["rollout/response_len_mean"]
+        assert got["train/optimizer_steps"] == 1 and got["train/grad_norm"] > 0
+        for key in ("train/pg_loss", "train/grad_norm", "train/lr", "train/ppo_kl", "train/pg_clipfrac"):
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (step, key)
+    out = runs["megatron"]
+    assert (out / "checkpoints" / "latest").read_text() == "step_00002"
+    assert (out / "hf_model" / "model.safetensors").is_file() and json.loads((out / "config.json").read_text())["train_backend"] == "megatron"
+
+
+def test_train_backend_megatron_resumes_a_step_exactly_with_load(tiny_llama_dir, data, tmp_path, length_rm):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(load_config(megatron_args(tiny_llama_dir, data, full, "megatron")))
+    shutil.copytree(full / "checkpoints" / "step_00001", part / "from" / "step_00001")  # as if the run had stopped after step 1
+    (part / "from" / "latest").write_text("step_00001")
+    train(load_config(megatron_args(tiny_llama_dir, data, part / "run", "megatron", "--load", str(part / "from"))))
+    resumed = {r["step"]: r for r in records(part / "run") if "rollout/reward_mean" in r}
+    assert sorted(resumed) == [2]
+    want = next(r for r in records(full) if r.get("step") == 2 and "rollout/reward_mean" in r)
+    for key in ("rollout/reward_mean", "rollout/response_len_mean", "train/pg_loss", "train/grad_norm", "train/lr"):
+        assert resumed[2][key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
 
 
 BROKEN_ENV = '''
@@ -271,6 +318,6 @@ def test_dumps_checkpoints_plots_and_the_export_run_off_the_event_loop(tiny_llam
     monkeypatch.setattr(agentrl.train, "write_dump", recorded("dump", agentrl.train.write_dump))
     monkeypatch.setattr(agentrl.launch.local, "save_checkpoint", recorded("checkpoint", agentrl.launch.local.save_checkpoint))
     monkeypatch.setattr(agentrl.metrics, "_draw", recorded("plot", agentrl.metrics._draw))
-    monkeypatch.setattr(agentrl.launch.local.TorchTrainer, "save_hf", recorded("export", agentrl.launch.local.TorchTrainer.save_hf))
+    monkeypatch.setattr(TorchTrainer, "save_hf", recorded("export", TorchTrainer.save_hf))
     train(load_config(args(tiny_llama_dir, data, tmp_path / "run", "--num-rollout", "2", "--train-async")))
     assert threads == {"dump": {False}, "checkpoint": {False}, "plot": {False}, "export": {False}}

@@ -1,4 +1,5 @@
-"""The local launcher (the default): one trainer and the rollout side in the loop's process.
+"""The local launcher (the default): one trainer (``--train-backend``) and the rollout side in the
+loop's process.
 
 The trainer's blocking work (training, checkpoint writes, exports) runs in a worker thread, so
 the event loop keeps serving rollouts (``--train-async``) and engines meanwhile. Engines, when
@@ -15,20 +16,21 @@ from typing import TYPE_CHECKING
 
 from agentrl.checkpoint import LoopState, read_checkpoint, save_checkpoint
 from agentrl.rollout.manager import RolloutManager
+from agentrl.trainers.base import Trainer
+from agentrl.trainers.build import build_trainer
 from agentrl.trainers.dp_split import RankShare
-from agentrl.trainers.torch_trainer import TorchTrainer
 
 if TYPE_CHECKING:
     from agentrl.config import TrainConfig
 
 
 class LocalTrainers:
-    """:class:`~agentrl.launch.base.Trainers`: one :class:`TorchTrainer` in this process, whose
-    weights reach the engines through ``manager``."""
+    """:class:`~agentrl.launch.base.Trainers`: one :class:`~agentrl.trainers.base.Trainer` (the
+    ``--train-backend`` one) in this process, whose weights reach the engines through ``manager``."""
 
     world_size = 1
 
-    def __init__(self, trainer: TorchTrainer, manager: RolloutManager) -> None:
+    def __init__(self, trainer: Trainer, manager: RolloutManager) -> None:
         self.trainer, self.manager = trainer, manager
 
     async def train(self, shares: list[RankShare]) -> dict[str, float]:
@@ -52,11 +54,16 @@ class LocalTrainers:
 
 @contextlib.asynccontextmanager
 async def launch_local(cfg: TrainConfig, model_dir: Path, run_dir: Path) -> AsyncIterator[tuple[LocalTrainers, RolloutManager]]:
-    """Read the rollout inputs, load the trainer, start the engines; stop them on exit."""
+    """Read the rollout inputs, load the trainer, start the engines; stop them and close the
+    trainer on exit."""
     manager = RolloutManager(cfg, model_dir, run_dir)  # bad task files and plug-in paths fail here, before any model loads
-    trainer = await asyncio.to_thread(TorchTrainer, model_dir, cfg.trainer(), cfg.loss(), device=cfg.device)
+    trainer = await asyncio.to_thread(build_trainer, cfg.train_backend, model_dir, cfg.trainer(), cfg.loss(), device=cfg.device,
+                                      megatron=cfg.megatron(), seed=cfg.seed)
     try:
         await manager.start()
         yield LocalTrainers(trainer, manager), manager
     finally:
-        await manager.aclose()
+        try:
+            await manager.aclose()
+        finally:
+            trainer.close()

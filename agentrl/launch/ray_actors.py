@@ -1,6 +1,6 @@
 """The Ray actors of a training run: one per trainer rank, and one rollout manager.
 
-* :class:`TrainerActor` (one per rank, on its bundle): a :class:`TorchTrainer` in a
+* :class:`TrainerActor` (one per rank, on its bundle): the ``--train-backend`` trainer in a
   ``torch.distributed`` group of all ranks (NCCL on GPUs, gloo on CPUs), training its share of
   each rollout; rank 0 also writes checkpoints and exports, and pushes the weights to the engines
   (a :class:`~agentrl.engines.pusher.WeightPusher` over the manager's fleet).
@@ -31,8 +31,9 @@ from agentrl.engines.pusher import FleetView, WeightPusher
 from agentrl.launch.placement import Placement
 from agentrl.launch.ray_engines import ActorEngine
 from agentrl.rollout.manager import RolloutManager
+from agentrl.trainers.base import Trainer
 from agentrl.trainers.batching import TrainSequence
-from agentrl.trainers.torch_trainer import TorchTrainer
+from agentrl.trainers.build import build_trainer
 
 if TYPE_CHECKING:
     from agentrl.config import TrainConfig
@@ -55,7 +56,7 @@ class TrainerActor:
     def __init__(self, rank: int, world_size: int, cfg: TrainConfig, model_dir: str, run_dir: str) -> None:
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.model_dir, self.run_dir = Path(model_dir), Path(run_dir)
-        self.trainer: TorchTrainer | None = None
+        self.trainer: Trainer | None = None
         self.pusher: WeightPusher | None = None
 
     async def address(self) -> tuple[str, int]:
@@ -72,7 +73,9 @@ class TrainerActor:
         backend = "nccl" if self.cfg.device.startswith("cuda") else "gloo"
         await asyncio.to_thread(dist.init_process_group, backend, init_method=f"tcp://{master_address}:{master_port}",
                                 rank=self.rank, world_size=self.world_size, timeout=GROUP_TIMEOUT)
-        self.trainer = await asyncio.to_thread(TorchTrainer, self.model_dir, self.cfg.trainer(), self.cfg.loss(), device=self.cfg.device)
+        cfg = self.cfg
+        self.trainer = await asyncio.to_thread(build_trainer, cfg.train_backend, self.model_dir, cfg.trainer(), cfg.loss(), device=cfg.device,
+                                               megatron=cfg.megatron(), seed=cfg.seed)
         return os.getpid()
 
     async def train(self, sequences: list[TrainSequence], num_samples: int) -> dict[str, float]:
@@ -108,14 +111,16 @@ class TrainerActor:
         await self.pusher.push_latest_to(url, engine)
 
     async def aclose(self) -> None:
-        """Leave the weight-sync group and the ranks' process group."""
+        """Leave the weight-sync group, close the trainer and leave the ranks' process group."""
         if self.pusher is not None:
             await self.pusher.aclose()
+        if self.trainer is not None:
+            await asyncio.to_thread(self.trainer.close)
         if dist.is_initialized():
             await asyncio.to_thread(dist.destroy_process_group)
 
     @property
-    def _trainer(self) -> TorchTrainer:
+    def _trainer(self) -> Trainer:
         assert self.trainer is not None, "setup() first"
         return self.trainer
 
