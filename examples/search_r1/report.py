@@ -1,8 +1,10 @@
 """Report of a Search-R1 run: held-out exact match with search and with the search tool disabled
 (the control), by hops, at every evaluation; the paired bootstrap confidence interval of the
-difference at the last one; searches per episode over training; and a plot of it all.
+difference at the last one; searches per episode over training; and a plot of it all. Given
+several runs (seeds), also the mean, standard deviation and range over them of the last
+evaluation's exact match, overall and per question type.
 
-    python examples/search_r1/report.py --run runs/search_r1 [--plot docs/img/search_r1_training.png]
+    python examples/search_r1/report.py --run runs/search_r1_s1 [runs/search_r1_s2 ...] [--plot docs/img/search_r1_training.png]
 
 Reads ``metrics.jsonl`` and the eval dumps ``evals/<name>_step_N.jsonl`` that ``agentrl train``
 writes, and the eval questions (for their ``hops``). Prints markdown tables, then one JSON line.
@@ -52,7 +54,7 @@ def paired_difference(with_search: dict[int, dict[str, Any]], without: dict[int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/search_r1"))
+    parser.add_argument("--run", type=Path, nargs="+", default=[Path("runs/search_r1")], help="one run, or several (seeds) for the spread")
     parser.add_argument("--eval-data", type=Path, default=Path(__file__).parent / "data" / "eval.jsonl")
     parser.add_argument("--search", default="countries", help="eval dataset name with search")
     parser.add_argument("--control", default="countries_no_search", help="eval dataset name with search disabled")
@@ -60,61 +62,109 @@ def main() -> None:
     args = parser.parse_args()
 
     questions = [json.loads(line) for line in args.eval_data.read_text().splitlines()]
-    by_hops, by_kind = defaultdict(list), defaultdict(list)
+    groups = question_groups(questions)
+    runs = [report_run(run, groups, args.search, args.control) for run in args.run]
+    if len(runs) > 1:
+        print_spread(runs)
+    if args.plot:
+        plot(runs, args.plot, questions=len(questions))
+    print(json.dumps({"questions": len(questions), "runs": runs, "spread": spread(runs) if len(runs) > 1 else None}))
+
+
+def question_groups(questions: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Task indices of every question, of each hop count and of each (hops, asks) type."""
+    groups: dict[str, list[int]] = defaultdict(list)
     for index, q in enumerate(questions):
-        by_hops[q["hops"]].append(index)
-        by_kind[(q["hops"], q.get("asks", "?"))].append(index)
-    search, control = eval_outcomes(args.run, args.search), eval_outcomes(args.run, args.control)
+        groups["all"].append(index)
+        groups[f"{q['hops']}hop"].append(index)
+        groups[f"{q['hops']}-hop {q.get('asks', '?')}"].append(index)
+    return dict(groups)
+
+
+def report_run(run: Path, groups: dict[str, list[int]], search_name: str, control_name: str) -> dict[str, Any]:
+    """Prints one run's tables; returns its evals, training rows and the last eval per question type."""
+    search, control = eval_outcomes(run, search_name), eval_outcomes(run, control_name)
     steps = sorted(set(search) & set(control))
     if not steps:
-        raise SystemExit(f"{args.run}/evals: no step evaluated on both {args.search!r} and {args.control!r}")
-
-    print("| step | EM with search | 1-hop | 2-hop | searches/episode | EM search disabled | 1-hop | 2-hop |")
-    print("|---|---|---|---|---|---|---|---|")
-    table = []
-    for step in steps:
-        s, c = search[step], control[step]
-        row = {"step": step, "em_search": exact_match(s, sorted(s)), "em_control": exact_match(c, sorted(c)),
-               "searches": float(np.mean([s[t]["searches"] for t in s]))}
-        row |= {f"em_search_{h}hop": exact_match(s, ts) for h, ts in by_hops.items()}
-        row |= {f"em_control_{h}hop": exact_match(c, ts) for h, ts in by_hops.items()}
-        table.append(row)
-        print(f"| {step} | {row['em_search']:.3f} | {row['em_search_1hop']:.3f} | {row['em_search_2hop']:.3f} | {row['searches']:.2f} "
-              f"| {row['em_control']:.3f} | {row['em_control_1hop']:.3f} | {row['em_control_2hop']:.3f} |")
+        raise SystemExit(f"{run}/evals: no step evaluated on both {search_name!r} and {control_name!r}")
+    print(f"## {run}\n")
+    print("| step | EM with search | 1-hop | 2-hop | searches/episode | EM search disabled | 1-hop | 2-hop |\n|---|---|---|---|---|---|---|---|")
+    table = [eval_row(step, search[step], control[step], groups) for step in steps]
     last = steps[-1]
+    by_type = {kind: {"n": len(ts), "em_search": exact_match(search[last], ts), "em_control": exact_match(control[last], ts)}
+               for kind, ts in sorted(groups.items()) if "-hop " in kind}
     print(f"\n| step {last}: question | n | EM with search | EM search disabled |\n|---|---|---|---|")
-    for (h, asks), ts in sorted(by_kind.items()):
-        print(f"| {h}-hop, asks {asks} | {len(ts)} | {exact_match(search[last], ts):.3f} | {exact_match(control[last], ts):.3f} |")
+    for kind, row in by_type.items():
+        print(f"| {kind} | {row['n']} | {row['em_search']:.3f} | {row['em_control']:.3f} |")
     final = paired_difference(search[last], control[last])
     print(f"\nstep {last}: EM with search - EM search disabled = {final['difference']:.3f} "
           f"(95% bootstrap CI {final['ci_low']:.3f} to {final['ci_high']:.3f}, {len(search[last])} questions)")
+    training = training_rows(run)
+    return {"run": str(run), "step": last, "evals": table, "by_type": by_type, "final": final, "training": training}
 
-    training = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
+
+def eval_row(step: int, s: dict[int, dict[str, Any]], c: dict[int, dict[str, Any]], groups: dict[str, list[int]]) -> dict[str, Any]:
+    """One evaluation's exact match with search and without, overall and by hops; printed as a row."""
+    row: dict[str, Any] = {"step": step, "em_search": exact_match(s, groups["all"]), "em_control": exact_match(c, groups["all"]),
+                           "searches": float(np.mean([s[t]["searches"] for t in s]))}
+    for hops in ("1hop", "2hop"):
+        row |= {f"em_search_{hops}": exact_match(s, groups[hops]), f"em_control_{hops}": exact_match(c, groups[hops])}
+    print(f"| {step} | {row['em_search']:.3f} | {row['em_search_1hop']:.3f} | {row['em_search_2hop']:.3f} | {row['searches']:.2f} "
+          f"| {row['em_control']:.3f} | {row['em_control_1hop']:.3f} | {row['em_control_2hop']:.3f} |")
+    return row
+
+
+def training_rows(run: Path) -> list[dict[str, Any]]:
+    """The training steps' metrics of ``run``, every fifth printed as a table."""
+    training = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     training = [r for r in training if "rollout/reward_mean" in r]
-    print("\n| step | reward | searches/episode | exact match | retrieved the answer |")
-    print("|---|---|---|---|---|")
+    print("\n| step | reward | searches/episode | exact match | retrieved the answer |\n|---|---|---|---|---|")
     for r in training[::5] + ([training[-1]] if len(training) % 5 != 1 else []):
         print(f"| {r['step']} | {r['rollout/reward_mean']:.3f} | {r['rollout/info/searches']:.2f} | {r['rollout/info/correct']:.3f} "
               f"| {r.get('rollout/info/retrieved_answer', float('nan')):.3f} |")
-    if args.plot:
-        plot(training, table, args.plot, questions=len(questions))
-    print(json.dumps({"run": str(args.run), "questions": len(questions), "evals": table, "final": final}))
+    print()
+    return training
 
 
-def plot(training: list[dict[str, Any]], table: list[dict[str, Any]], path: Path, *, questions: int) -> None:
+def spread(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean, sample standard deviation, min and max over runs of the last eval's exact match,
+    overall and per question type, with search and without."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        values["all/em_search"].append(r["evals"][-1]["em_search"])
+        values["all/em_control"].append(r["evals"][-1]["em_control"])
+        for kind, row in r["by_type"].items():
+            values[f"{kind}/em_search"].append(row["em_search"])
+            values[f"{kind}/em_control"].append(row["em_control"])
+    return {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)), "min": min(v), "max": max(v)} for k, v in values.items()}
+
+
+def print_spread(runs: list[dict[str, Any]]) -> None:
+    stats = spread(runs)
+    print(f"## {len(runs)} runs, last eval: mean ± sd (min-max)\n")
+    print("| question | EM with search | EM search disabled |\n|---|---|---|")
+    for kind in ["all"] + list(runs[0]["by_type"]):
+        cells = [stats[f"{kind}/{metric}"] for metric in ("em_search", "em_control")]
+        print(f"| {kind} | " + " | ".join(f"{c['mean']:.3f} ± {c['sd']:.3f} ({c['min']:.3f}-{c['max']:.3f})" for c in cells) + " |")
+    print()
+
+
+def plot(runs: list[dict[str, Any]], path: Path, *, questions: int) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    steps = [r["step"] for r in training]
-    left.plot(steps, [r["rollout/info/searches"] for r in training], label="searches per episode")
-    left.plot(steps, [r["rollout/info/correct"] for r in training], label="exact match (training)")
+    for r in runs:
+        name = Path(r["run"]).name if len(runs) > 1 else ""
+        steps = [t["step"] for t in r["training"]]
+        left.plot(steps, [t["rollout/info/searches"] for t in r["training"]], label=f"searches per episode {name}".strip())
+        left.plot(steps, [t["rollout/info/correct"] for t in r["training"]], label=f"exact match (training) {name}".strip())
+        right.plot([e["step"] for e in r["evals"]], [e["em_search"] for e in r["evals"]], marker="o", label=f"with search {name}".strip())
+        right.plot([e["step"] for e in r["evals"]], [e["em_control"] for e in r["evals"]], marker="o", label=f"search disabled {name}".strip())
     left.set_xlabel("step")
     left.set_title("training rollouts")
-    left.legend()
-    right.plot([r["step"] for r in table], [r["em_search"] for r in table], marker="o", label="with search")
-    right.plot([r["step"] for r in table], [r["em_control"] for r in table], marker="o", label="search disabled")
+    left.legend(fontsize="small")
     right.set_xlabel("step")
     right.set_ylabel("exact match")
     right.set_title(f"{questions} held-out questions, greedy")
-    right.legend()
+    right.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
