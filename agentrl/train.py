@@ -30,13 +30,14 @@ from transformers import AutoTokenizer
 from agentrl.checkpoint import LoopState, find_checkpoint
 from agentrl.compat.slime_wandb import metric_sinks
 from agentrl.config import TrainConfig
-from agentrl.errors import ConfigError, TrainingError
+from agentrl.errors import ConfigError
 from agentrl.launch.base import Rollouts, Trainers
 from agentrl.metrics import MetricsLogger
 from agentrl.models.resolve import resolve_model
 from agentrl.rollout import Trajectory, summarize
 from agentrl.rollout.dump import write_dump
 from agentrl.rollout.manager import RolloutResult
+from agentrl.rollout.trajectory import check_trainable
 from agentrl.shutdown import Interrupted, run_until_signalled
 from agentrl.trainers.batching import build_train_sequences
 from agentrl.trainers.dp_split import split_for_ranks
@@ -196,23 +197,6 @@ def rollout_metrics(result: RolloutResult, group_size: int) -> dict[str, Any]:
     metrics: dict[str, Any] = {f"rollout/{k}": v for k, v in episode_metrics(result.trajectories, group_size).items()} | result.metrics
     tokens_per_s = summarize(result.trajectories, elapsed_s=result.seconds)["tokens_per_s"]
     return metrics | {"perf/rollout_time_s": result.seconds, "perf/rollout_tokens_per_s": tokens_per_s}
-
-
-def check_trainable(trajectories: Sequence[Trajectory], step: int) -> None:
-    """Refuse a rollout step in which no episode can be trained on (every one failed).
-
-    Raises:
-        TrainingError: with the first failed episode's termination, error and traceback.
-    """
-    if any(not t.excluded for t in trajectories):
-        return
-    if not trajectories:
-        raise TrainingError(f"rollout step {step} played no episode: nothing to train on")
-    first = trajectories[0]
-    counts = ", ".join(f"{n} {k}" for k, n in Counter(t.termination.value for t in trajectories).items())
-    raise TrainingError(
-        f"rollout step {step}: none of its {len(trajectories)} episodes can be trained on ({counts}); nothing was saved.\n"
-        f"The first (task {first.task_index}, sample {first.sample_index}) ended as {first.termination.value}: {first.error}")
 
 
 def episode_metrics(trajectories: Sequence[Trajectory], group_size: int) -> dict[str, float]:

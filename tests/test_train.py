@@ -145,9 +145,9 @@ def test_a_slime_generate_function_runs_against_the_engine_over_http(tiny_llama_
 
 
 def test_dynamic_sampling_with_partial_rollout_trains_only_groups_with_reward_spread(tiny_llama_dir, data, tmp_path, monkeypatch):
-    # Odd answers: the two samples of a group earn 0 and 1 (kept); even answers: 0 and 0 (dropped).
+    # Even answers: every sample earns 0 (the group is dropped); odd ones: the parity of the response's length.
     (tmp_path / "parity_rm.py").write_text("async def reward(args, sample, **kw):\n"
-                                            "    return float(sample.index % 2) if int(sample.label) % 2 else 0.0\n")
+                                            "    return float(len(sample.response) % 2) if int(sample.label) % 2 else 0.0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     train(load_config(args(tiny_llama_dir, data, out, "--num-rollout", "3", "--custom-rm-path", "parity_rm.reward", "--no-bf16",
@@ -235,11 +235,14 @@ def _pythonpath(path):
     return {**os.environ, "PYTHONPATH": f"{path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def test_a_run_whose_every_episode_fails_exits_nonzero_with_the_traceback_and_saves_nothing(tiny_llama_dir, data, tmp_path):
+@pytest.mark.parametrize("sampling", [[], ["--over-sampling-batch-size", "3", "--dynamic-sampling-filter-path",
+                                             "agentrl.rollout.filters.check_reward_nonzero_std"]], ids=["plain", "dynamic"])
+def test_a_run_whose_every_episode_fails_exits_nonzero_with_the_traceback_and_saves_nothing(tiny_llama_dir, data, tmp_path, sampling):
     (tmp_path / "broken_env.py").write_text(BROKEN_ENV)
     out = tmp_path / "run"
-    proc = _cli("train", *args(tiny_llama_dir, data, out, "--num-rollout", "2", "--env", "broken_env:broken/Reset-v0"), env=_pythonpath(tmp_path))
-    stdout, stderr = proc.communicate(timeout=300)
+    proc = _cli("train", *args(tiny_llama_dir, data, out, "--num-rollout", "2", "--env", "broken_env:broken/Reset-v0", *sampling),
+                env=_pythonpath(tmp_path))
+    stdout, stderr = proc.communicate(timeout=300)  # dynamic sampling used to relaunch the failing groups forever
     assert proc.returncode == 1, stderr[-3000:]
     assert "rollout step 1: none of its 4 episodes can be trained on (4 env_error)" in stderr
     assert "AttributeError" in stderr and "Traceback (most recent call last)" in stderr and "self.config.difficulty" in stderr

@@ -39,7 +39,7 @@ from agentrl.rollout.filters import GroupFilter, apply_filter
 from agentrl.rollout.interrupt import Interrupt
 from agentrl.rollout.partial import BufferedGroup, Member, PartialRolloutBuffer
 from agentrl.rollout.runner import INTERRUPTED, RolloutRunner, SuspendedEpisode
-from agentrl.rollout.trajectory import Trajectory
+from agentrl.rollout.trajectory import Trajectory, check_trainable
 
 TaskSource = Callable[[int], Sequence[Task]]
 """``next_tasks(n)`` -> the next ``n`` tasks of the dataset."""
@@ -101,6 +101,8 @@ async def collect_groups(
         ConfigError: ``target`` < 1, ``over_sampling_batch_size`` < ``target``, or
             ``mask_offpolicy`` without a buffer; a filter broke its contract.
         DataError: the task source gave no tasks.
+        TrainingError: the first ``target`` groups judged had no episode that can be trained on
+            (every one failed), with the first failure's error and traceback.
     """
     if target < 1:
         raise ConfigError(f"--rollout-batch-size must be >= 1, got {target}")
@@ -134,6 +136,7 @@ class _Collection:
         self.limit = asyncio.Semaphore(runner.config.concurrency)
         self.in_flight: dict[asyncio.Task[list[Member]], _Launch] = {}
         self.kept: list[tuple[int, list[Trajectory]]] = []
+        self.failed_so_far: list[Trajectory] | None = []  # None once an episode that can be trained on ended
         self.remaining = 0  # groups launched and not dropped (slime's remaining_batch_size)
         self.launched = 0
         self.counts: Counter[str] = Counter()
@@ -200,6 +203,10 @@ class _Collection:
             self._judge(launch, group)
 
     def _judge(self, launch: _Launch, group: list[Trajectory]) -> None:
+        if self.failed_so_far is not None:  # a batch of groups whose every episode failed: stop, do not relaunch forever
+            self.failed_so_far = self.failed_so_far + group if all(t.excluded for t in group) else None
+            if self.failed_so_far is not None and len(self.failed_so_far) >= self.target * len(group):
+                check_trainable(self.failed_so_far, self.step + 1)
         verdict = apply_filter(self.dynamic_filter, self.filter_args, group)
         if verdict.keep or (verdict.keep_when_insufficient and self.remaining <= self.target):
             self.kept.append((launch.order, group))

@@ -13,10 +13,13 @@ Records are written as JSON lines and carry :data:`SCHEMA_VERSION`.
 from __future__ import annotations
 
 import enum
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agentrl.envs.core import Message
+from agentrl.errors import TrainingError
 
 SCHEMA_VERSION = 1
 """Bumped whenever a field of :class:`Trajectory` or :class:`Segment` changes meaning."""
@@ -152,3 +155,20 @@ class Trajectory:
         fields["segments"] = [Segment(**s) for s in record["segments"]]
         fields["termination"] = Termination(record["termination"])
         return cls(**fields)
+
+
+def check_trainable(trajectories: Sequence[Trajectory], step: int) -> None:
+    """Refuse a rollout step in which no episode can be trained on (every one failed).
+
+    Raises:
+        TrainingError: with the first failed episode's termination, error and traceback.
+    """
+    if any(not t.excluded for t in trajectories):
+        return
+    if not trajectories:
+        raise TrainingError(f"rollout step {step} played no episode: nothing to train on")
+    first = trajectories[0]
+    counts = ", ".join(f"{n} {k}" for k, n in Counter(t.termination.value for t in trajectories).items())
+    raise TrainingError(
+        f"rollout step {step}: none of its {len(trajectories)} episodes can be trained on ({counts}); nothing was saved.\n"
+        f"The first (task {first.task_index}, sample {first.sample_index}) ended as {first.termination.value}: {first.error}")
