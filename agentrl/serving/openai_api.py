@@ -26,13 +26,14 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
 from agentrl.envs.tool_calls import ToolCallParser, parse_hermes
 from agentrl.policies.base import Generation, Policy, SamplingParams
 from agentrl.rollout.conversation import ChatRenderer
+from agentrl.serving.app_server import AppServer
 from agentrl.serving.bodies import BadRequest, read_json
 from agentrl.serving.openai_protocol import OpenAIError, completion_body, parse_chat_request, stream_chunks
 from agentrl.serving.openai_session import Generate, Session, SessionConfig
@@ -209,52 +210,18 @@ def policy_generate(policy: Policy) -> Generate:
     return generate
 
 
-class OpenAIServer:
-    """Serves an :class:`OpenAIAPI` on ``host:port`` for the life of an ``async with`` block.
-
-    ``port=0`` takes a free port; :attr:`url` tells which, and :meth:`base_url` a client's
-    ``base_url`` (of a session, or unrecorded). On exit, requests still being answered get
-    ``SHUTDOWN_TIMEOUT_S`` seconds before they are cancelled.
-    """
-
-    SHUTDOWN_TIMEOUT_S = 5.0
+class OpenAIServer(AppServer):
+    """Serves an :class:`OpenAIAPI` on ``host:port`` for the life of an ``async with`` block (see
+    :class:`~agentrl.serving.app_server.AppServer`); :meth:`base_url` is a client's ``base_url``
+    (of a session, or unrecorded)."""
 
     def __init__(self, api: OpenAIAPI, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.api, self.host, self.port = api, host, port
-        self._runner: web.AppRunner | None = None
+        super().__init__(host=host, port=port)
+        self.api = api
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def application(self) -> web.Application:
+        return self.api.app()
 
     def base_url(self, session: Session | None = None) -> str:
         """What an OpenAI client's ``base_url`` should be: the session's, or the unrecorded ``/v1``."""
         return f"{self.url}/v1" if session is None else f"{self.url}/sessions/{session.id}/v1"
-
-    async def start(self) -> None:
-        """Listen on ``host:port``.
-
-        Raises:
-            OSError: the address cannot be bound; nothing is left open.
-        """
-        self._runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=self.SHUTDOWN_TIMEOUT_S)
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
-        except OSError:
-            await self.stop()
-            raise
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        """Stop serving; safe to call twice."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

@@ -28,13 +28,14 @@ import asyncio
 import itertools
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from transformers import PreTrainedTokenizerBase
 
 from agentrl.errors import PolicyError
 from agentrl.policies.base import Generation, Policy, SamplingParams
+from agentrl.serving.app_server import AppServer
 from agentrl.serving.bodies import BadRequest, Field, bad_request, parse_body, read_json
 from agentrl.serving.control import ControlAPI
 from agentrl.serving.gate import RequestGate, abort_requests
@@ -164,56 +165,28 @@ class SGLangAPI:
         return web.Response(text="")
 
 
-class SGLangServer:
-    """Serves :class:`SGLangAPI` on ``host:port`` for the life of an ``async with`` block.
-
-    ``port=0`` takes a free port; :attr:`url` tells which. Binds to localhost by default. On
-    exit, requests still being answered get ``SHUTDOWN_TIMEOUT_S`` seconds before they are
-    cancelled. ``extra_routes`` are served beside SGLang's (``agentrl serve --enable-openai-api``
-    mounts the OpenAI endpoint's there).
-    """
-
-    SHUTDOWN_TIMEOUT_S = 5.0
+class SGLangServer(AppServer):
+    """Serves :class:`SGLangAPI` on ``host:port`` for the life of an ``async with`` block (see
+    :class:`~agentrl.serving.app_server.AppServer`). ``extra_routes`` are served beside SGLang's
+    (``agentrl serve --enable-openai-api`` mounts the OpenAI endpoint's there)."""
 
     def __init__(self, policy: Policy, tokenizer: PreTrainedTokenizerBase, *, model_path: str = "", host: str = "127.0.0.1",
                  port: int = 0, server_args: Mapping[str, Any] | None = None, extra_routes: Sequence[web.RouteDef] = ()) -> None:
+        super().__init__(host=host, port=port)
         self.api = SGLangAPI(policy, tokenizer, model_path, server_args)
         self.extra_routes = list(extra_routes)
-        self.host, self.port = host, port
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def application(self) -> web.Application:
+        app = self.api.app()
+        app.add_routes(self.extra_routes)
+        return app
 
     async def start(self) -> None:
-        """Listen on ``host:port``.
+        """Listen on ``host:port``; ``/get_server_info`` then reports the bound port.
 
         Raises:
             OSError: the address cannot be bound (in use, unknown host); nothing is left open.
         """
-        app = self.api.app()
-        app.add_routes(self.extra_routes)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.SHUTDOWN_TIMEOUT_S)
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
-        except OSError:
-            await self.stop()
-            raise
-        self.port = self._runner.addresses[0][1]
+        await super().start()
         if "port" in self.api.control.server_args:
             self.api.control.server_args["port"] = self.port
-
-    async def stop(self) -> None:
-        """Stop serving (see the class docstring); safe to call twice."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
