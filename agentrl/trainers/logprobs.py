@@ -11,6 +11,8 @@ matmul runs in bf16, as the engine's does; the softmax is always fp32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -65,12 +67,21 @@ def chosen_logprobs(
     Returns:
         ``(logprobs [N], entropy [N] or None)``, fp32.
     """
-    logps: list[Tensor] = []
-    entropies: list[Tensor] = []
 
     def fn(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         return _chunk(lm_head, h, t, temperature, with_entropy)
 
+    return in_chunks(fn, hidden, targets, chunk_size=chunk_size, with_entropy=with_entropy)
+
+
+def in_chunks(
+    fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], hidden: Tensor, targets: Tensor, *, chunk_size: int, with_entropy: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``fn(hidden_chunk, targets_chunk) -> (logprobs, entropy)`` over ``chunk_size`` rows at a
+    time, concatenated; with gradients on, each chunk is recomputed in backward instead of keeping
+    its ``[chunk, vocab]`` logits. Returns ``(logprobs [N], entropy [N] or None)``, fp32."""
+    logps: list[Tensor] = []
+    entropies: list[Tensor] = []
     for start in range(0, hidden.shape[0], chunk_size):
         args = (hidden[start : start + chunk_size], targets[start : start + chunk_size])
         logp, entropy = checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)

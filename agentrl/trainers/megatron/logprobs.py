@@ -21,9 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK = 1024
+from agentrl.trainers.logprobs import DEFAULT_CHUNK, in_chunks
 
 
 def _all_reduce(tensor: Tensor, group: dist.ProcessGroup | None, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:
@@ -104,14 +103,4 @@ def sharded_logprobs(
         out: tuple[Tensor, Tensor] = _ShardedLogSoftmax.apply(z, t, vocab_start, with_entropy, group)  # type: ignore[no-untyped-call]
         return out
 
-    logps: list[Tensor] = []
-    entropies: list[Tensor] = []
-    for begin in range(0, hidden.shape[0], chunk_size):
-        args = (hidden[begin : begin + chunk_size], targets[begin : begin + chunk_size])
-        logp, entropy = checkpoint(chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else chunk(*args)
-        logps.append(logp)
-        entropies.append(entropy)
-    if not logps:
-        empty = hidden.new_zeros(0, dtype=torch.float32)
-        return empty, (empty if with_entropy else None)
-    return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
+    return in_chunks(chunk, hidden, targets, chunk_size=chunk_size, with_entropy=with_entropy)
