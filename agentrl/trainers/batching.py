@@ -243,3 +243,10 @@ def packed_lengths(sequences: Sequence[TrainSequence], *, share_prompts: bool = 
         same = share_prompts and prev is not None and prev.token_ids[: prev.prompt_len] == seq.token_ids[: seq.prompt_len]
         out.append(len(seq) - seq.prompt_len if same else len(seq))
     return out
+
+
+def micro_batches(sequences: Sequence[TrainSequence], *, dynamic: bool, max_tokens: int | None, micro_batch_size: int) -> list[list[int]]:
+    """The indices of ``sequences`` in each micro-batch: packed to at most ``max_tokens`` tokens
+    when ``dynamic`` (``--use-dynamic-batch-size``), else ``micro_batch_size`` sequences each."""
+    lengths = packed_lengths(sequences)
+    return pack(lengths, max_tokens=max_tokens) if dynamic else pack(lengths, max_sequences=micro_batch_size)

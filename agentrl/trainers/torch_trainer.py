@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
-from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, pack, packed_lengths
+from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
 from agentrl.trainers.logprobs import PackedDecoder, chosen_logprobs
 from agentrl.trainers.lr_schedule import LrDecayStyle, learning_rate
 from agentrl.trainers.packed_attention import PACKED_ATTENTION
@@ -203,10 +203,8 @@ class TorchTrainer:
         return {"train/grad_norm": float(grad_norm), "train/lr": lr}
 
     def _micro_batches(self, sequences: Sequence[TrainSequence]) -> list[list[int]]:
-        lengths = packed_lengths(sequences)
-        if self.config.use_dynamic_batch_size:
-            return pack(lengths, max_tokens=self.config.max_tokens_per_gpu)
-        return pack(lengths, max_sequences=self.config.micro_batch_size)
+        c = self.config
+        return micro_batches(sequences, dynamic=c.use_dynamic_batch_size, max_tokens=c.max_tokens_per_gpu, micro_batch_size=c.micro_batch_size)
 
     def _loss_inputs(self, batch: MicroBatch, weights: Tensor, old: list[Tensor] | None, ref: list[Tensor] | None, indices: list[int]) -> LossInputs:
         with self._autocast():

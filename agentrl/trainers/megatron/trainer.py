@@ -40,7 +40,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from agentrl.errors import ConfigError, TrainingError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
-from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, pack, packed_lengths
+from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
 from agentrl.trainers.lr_schedule import learning_rate
 from agentrl.trainers.megatron import checkpoint, parallel
 from agentrl.trainers.megatron.config import MegatronConfig
@@ -212,10 +212,8 @@ class MegatronTrainer:
         return {"train/grad_norm": float(grad_norm), "train/lr": lr}
 
     def _micro_batches(self, sequences: Sequence[TrainSequence]) -> list[list[int]]:
-        lengths = packed_lengths(sequences)
-        if self.config.use_dynamic_batch_size:
-            return pack(lengths, max_tokens=self.config.max_tokens_per_gpu)
-        return pack(lengths, max_sequences=self.config.micro_batch_size)
+        c = self.config
+        return micro_batches(sequences, dynamic=c.use_dynamic_batch_size, max_tokens=c.max_tokens_per_gpu, micro_batch_size=c.micro_batch_size)
 
     def _on_device(self, batch: MicroBatch) -> MicroBatch:
         if self.parallel.sequence_parallel:
