@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -24,9 +25,16 @@ def serve_pids(model_path: str) -> list[int]:
     return sorted(pids)
 
 
-class KillWorkerEnv(Env):
-    def __init__(self, model_path: str, marker: str) -> None:
-        self.model_path, self.marker = model_path, Path(marker)
+class KillOnceEnv(Env):
+    """Two turns; the first episode to reach its first step SIGKILLs the process :meth:`victim`
+    names (once per ``marker`` file). The reward varies within a group, so every step trains."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = Path(marker)
+
+    def victim(self) -> int:
+        """The PID to kill (reads /proc: called off the event loop)."""
+        raise NotImplementedError
 
     async def reset(self, task: Task, *, seed: int | None = None) -> tuple[list[Message], dict[str, Any]]:
         await super().reset(task, seed=seed)
@@ -37,10 +45,21 @@ class KillWorkerEnv(Env):
         self.turn += 1
         if self.turn == 1 and not self.marker.exists():
             self.marker.write_text("killed")
-            os.kill(serve_pids(self.model_path)[0], signal.SIGKILL)
+            os.kill(await asyncio.to_thread(self.victim), signal.SIGKILL)
         if self.turn == 1:
             return StepResult([{"role": "user", "content": "Go on."}], 0.0, False, False, {})
-        return StepResult([], float(len(action.text) % 3), True, False, {})
+        return StepResult([], float(sum(map(ord, action.text)) % 7) / 6, True, False, {})
+
+
+class KillWorkerEnv(KillOnceEnv):
+    """Kills one `agentrl serve` worker serving ``model_path``."""
+
+    def __init__(self, model_path: str, marker: str) -> None:
+        super().__init__(marker)
+        self.model_path = model_path
+
+    def victim(self) -> int:
+        return serve_pids(self.model_path)[0]
 
 
 register("test/KillWorker-v0", KillWorkerEnv)

@@ -3,13 +3,11 @@ a reward with spread inside groups, and a two-turn env that SIGKILLs one engine 
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
-from agentrl.envs import Action, Env, Message, StepResult, Task, register
+from agentrl.envs import register
+from tests.engines.kill_worker_env import KillOnceEnv
 
 
 async def length_reward(args: Any, sample: Any, **kwargs: Any) -> float:
@@ -30,26 +28,11 @@ def actor_pids(class_name: str) -> list[int]:
     return sorted(pids)
 
 
-class KillEngineActorEnv(Env):
-    """The first episode to reach its first step SIGKILLs one engine actor (once per ``marker``)."""
+class KillEngineActorEnv(KillOnceEnv):
+    """Kills one engine actor."""
 
-    def __init__(self, marker: str) -> None:
-        self.marker = Path(marker)
-
-    async def reset(self, task: Task, *, seed: int | None = None) -> tuple[list[Message], dict[str, Any]]:
-        await super().reset(task, seed=seed)
-        self.turn = 0
-        return [{"role": "user", "content": f"Say something about {task.prompt}."}], {}
-
-    async def step(self, action: Action) -> StepResult:
-        self.turn += 1
-        if self.turn == 1 and not self.marker.exists():
-            self.marker.write_text("killed")
-            pids = await asyncio.to_thread(actor_pids, "EngineActor")
-            os.kill(pids[0], signal.SIGKILL)
-        if self.turn == 1:
-            return StepResult([{"role": "user", "content": "Go on."}], 0.0, False, False, {})
-        return StepResult([], float(sum(map(ord, action.text)) % 7) / 6, True, False, {})
+    def victim(self) -> int:
+        return actor_pids("EngineActor")[0]
 
 
 register("test/KillEngineActor-v0", KillEngineActorEnv)
