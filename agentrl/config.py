@@ -46,6 +46,7 @@ from agentrl.envs import registration
 from agentrl.envs.tool_calls import get_tool_parser
 from agentrl.errors import ConfigError, RegistryError
 from agentrl.launch.placement import PlacementConfig
+from agentrl.precision import AUTO, resolve_bf16
 from agentrl.rollout.conversation import BridgeMode
 from agentrl.rollout.runner import RolloutConfig
 from agentrl.trainers.algorithms import ADVANTAGE_ESTIMATORS, KL_TYPES, LossConfig
@@ -96,7 +97,8 @@ log = logging.getLogger(__name__)
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
     """A config field with its help text (shown by ``--help``). Keywords: ``range`` (a
-    :class:`Range`, for a list each item), ``choices``, ``nargs``, ``cli=False`` (YAML only)."""
+    :class:`Range`, for a list each item), ``choices``, ``nargs``, ``cli=False`` (YAML only),
+    ``auto=True`` (a bool field that also takes ``auto``, which ``__post_init__`` resolves)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -138,11 +140,19 @@ class EpisodeConfig:
                           choices=("group", "sample"))
     rollout_concurrency: int = opt(256, "episodes in flight", range=AT_LEAST_1)
     # --- device and seed
-    bf16: bool = opt(True, "bf16 weights for the embedded engine (and bf16 autocast for training)")
+    bf16: bool = opt(AUTO, "bf16 weights in the engines and bf16 autocast in training: true, false, or auto (where --device computes "
+                           "in bf16 natively: CUDA GPUs from Ampere on, CPUs with AVX512-BF16, AMX or ARM BF16; resolved when the "
+                           "config is read)", auto=True)
     device: str = opt("cpu", "cpu or cuda[:N]")
     seed: int | None = opt(None, "derives every env reset seed and sampling seed, for reproducible episodes (unset: unseeded)")
 
     def __post_init__(self) -> None:
+        self._validate()
+        _resolve_bf16(self)  # last: its log line only for a config that loads
+
+    def _validate(self) -> None:
+        """Check the values (raising :class:`ConfigError`) and derive the unset ones; subclasses
+        extend it."""
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         _validate_episodes(self)
@@ -172,8 +182,8 @@ class RolloutCommandConfig(EpisodeConfig):
     num_prompts: int | None = opt(None, "play only the first N tasks (unset: all)", range=AT_LEAST_1)
     output: str | None = opt(None, "trajectories, one JSON record per line, written as each episode ends; required")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _validate(self) -> None:
+        super()._validate()
         if self.output is None:
             raise ConfigError("--output is required: the file the trajectories go to, e.g. --output trajectories.jsonl")
         if Path(self.output).is_dir():
@@ -328,8 +338,8 @@ class TrainConfig(EpisodeConfig):
     disable_wandb_random_suffix: bool = opt(False, "name the W&B run --wandb-group exactly, without a random suffix")
     slime_args: dict[str, Any] = opt({}, "slime flags accepted without an effect here, as slime plug-ins see them in args", cli=False)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _validate(self) -> None:
+        super()._validate()
         if self.launcher == "auto":  # resolved once, when the config is read: a Ray job sets RAY_ADDRESS
             object.__setattr__(self, "launcher", "ray" if os.environ.get("RAY_ADDRESS") else "local")
         _validate_slime(self)
@@ -448,6 +458,18 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"--device {device}: no CUDA device here (torch.cuda.is_available() is False); use --device cpu")
     if int(index or 0) >= torch.cuda.device_count():
         raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+
+
+def _resolve_bf16(cfg: EpisodeConfig) -> None:
+    """``--bf16 auto`` becomes a bool for ``--device``, once: the rest of the code sees only the bool."""
+    setting: Any = cfg.bf16  # a bool, or "auto" until resolved here
+    try:
+        choice = resolve_bf16(setting, cfg.device)
+    except ValueError as e:
+        raise ConfigError(f"--bf16 must be true, false or auto, got {setting!r}") from e
+    if setting == AUTO:
+        log.info("%s", choice.describe())  # info, not a warning: errors stay one line, and config.json records the choice
+        object.__setattr__(cfg, "bf16", choice.enabled)
 
 
 def _check_env(env_id: str, kwargs: dict[str, Any], flag: str) -> None:
@@ -640,6 +662,15 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def auto_bool(text: str) -> bool | str:
+    """An argparse type: ``true``, ``false`` or ``auto`` (any case)."""
+    values: dict[str, bool | str] = {"true": True, "false": False, AUTO: AUTO}
+    value = values.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true, false or auto, got {text!r}")
+    return value
+
+
 def build_parser(prog: str = "agentrl train", config_class: type[EpisodeConfig] = TrainConfig) -> argparse.ArgumentParser:
     """An argparse parser with one ``--flag`` per field of ``config_class`` (defaults unset, so
     only flags given on the command line override the YAML file)."""
@@ -653,7 +684,10 @@ def build_parser(prog: str = "agentrl train", config_class: type[EpisodeConfig] 
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # MISSING excluded above
         allowed = f" (range: {f.metadata['range']})" if "range" in f.metadata else ""
         kw: dict[str, Any] = {"help": f"{f.metadata['help']} (default: {default}){allowed}"}
-        if hints[f.name] is bool:
+        if f.metadata.get("auto"):  # --flag [true|false|auto] (alone: true) and --no-flag
+            parser.add_argument(_flag(f.name), nargs="?", const=True, type=auto_bool, metavar="true|false|auto", **kw)
+            parser.add_argument(_flag("no_" + f.name), dest=f.name, action="store_const", const=False, help=f"same as {_flag(f.name)} false")
+        elif hints[f.name] is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         else:
             kind = json_object if typing.get_origin(hints[f.name]) is dict else _scalar_type(hints[f.name])
@@ -684,8 +718,8 @@ def _load(config_class: type[_Config], argv: Sequence[str], prog: str) -> _Confi
     args = vars(build_parser(prog, config_class).parse_args(list(argv)))
     config_file = args.pop("config", None)
     values = _read_yaml(config_file, config_class) if config_file is not None else {}
-    hints = typing.get_type_hints(config_class)
-    values.update({name: _coerce(value, hints[name], _flag(name)) for name, value in args.items()})
+    hints, auto = typing.get_type_hints(config_class), _auto_fields(config_class)
+    values.update({name: _coerce(value, hints[name], _flag(name), auto=name in auto) for name, value in args.items()})
     for key, options in passed_through.items():
         if options:
             values[key] = {**values.get(key, {}), **options}
@@ -704,7 +738,7 @@ def _read_yaml(path: Path, config_class: type[EpisodeConfig]) -> dict[str, Any]:
         raise ConfigError(f"{path}: the top level must be a mapping of flag names to values")
     known = {f.name for cls in (TrainConfig, RolloutCommandConfig) for f in dataclasses.fields(cls)}
     own = {f.name for f in dataclasses.fields(config_class)}
-    hints = typing.get_type_hints(config_class)
+    hints, auto = typing.get_type_hints(config_class), _auto_fields(config_class)
     values = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
@@ -712,7 +746,7 @@ def _read_yaml(path: Path, config_class: type[EpisodeConfig]) -> dict[str, Any]:
             close = difflib.get_close_matches(name, known, n=1)
             raise ConfigError(f"{path}: unknown key {key!r}" + (f"; did you mean {close[0].replace('_', '-')!r}?" if close else ""))
         if name in own:
-            values[name] = _coerce(value, hints[name], f"{path}: {key}")
+            values[name] = _coerce(value, hints[name], f"{path}: {key}", auto=name in auto)
     return values
 
 
@@ -724,9 +758,19 @@ def _scalar_type(hint: Any) -> type:
     return cast(type, hint)
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def _auto_fields(config_class: type[EpisodeConfig]) -> set[str]:
+    """The bool fields that also take ``auto`` (``opt(..., auto=True)``)."""
+    return {f.name for f in dataclasses.fields(config_class) if f.metadata.get("auto")}
+
+
+def _coerce(value: Any, hint: Any, where: str, *, auto: bool = False) -> Any:
     """A YAML value checked against the field's type (lists and mappings item by item); an int
-    or a string such as ``1e-6`` (which YAML reads as a string) becomes a float where one is due."""
+    or a string such as ``1e-6`` (which YAML reads as a string) becomes a float where one is due.
+    With ``auto`` (a bool field that also takes it) the string ``auto`` passes too."""
+    if auto:
+        if isinstance(value, bool) or value == AUTO:
+            return value
+        raise ConfigError(f"{where} must be true, false or auto, got {value!r}")
     origin = typing.get_origin(hint)
     if value is None or hint is Any:
         return value

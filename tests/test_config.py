@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from agentrl import precision
 from agentrl.config import load_config, load_rollout_config
 from agentrl.envs import EnvRegistry, registration
 from agentrl.errors import ConfigError
@@ -281,3 +284,58 @@ def test_train_backend_megatron_without_megatron_core_names_the_extra(data, monk
     monkeypatch.setitem(sys.modules, "megatron.core", None)  # what an environment without the package imports
     with pytest.raises(ConfigError, match=r"^--train-backend megatron needs Megatron-Core, which is not installed: pip install 'agentrl\[megatron\]'$"):
         load_config(["--prompt-data", str(data), "--train-backend", "megatron"])
+
+
+@pytest.fixture(params=[True, False], ids=["native-bf16", "no-native-bf16"])
+def native_bf16(request, monkeypatch):
+    """This CPU with (True) or without (False) native bf16, as ``--bf16 auto`` sees it."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: request.param)
+    return request.param
+
+
+def test_bf16_auto_is_the_default_and_resolves_once_for_the_device(data, native_bf16, caplog):
+    caplog.set_level(logging.INFO, logger="agentrl.config")
+    cfg = load_config(["--prompt-data", str(data)])
+    assert cfg.bf16 is native_bf16 and cfg.trainer().bf16 is native_bf16 and cfg.to_dict()["bf16"] is native_bf16
+    assert cfg.backend().dtype == ("bfloat16" if native_bf16 else "float32")
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("bf16:")] == [
+        f"bf16: auto -> {'on' if native_bf16 else 'off'} ({precision.resolve_bf16('auto', 'cpu').reason}; "
+        f"{'--no-bf16 for fp32' if native_bf16 else '--bf16 forces it'})"]
+    caplog.clear()
+    assert dataclasses.replace(cfg, lr=1e-5).bf16 is native_bf16 and not caplog.records  # resolved once: no second probe or line
+    assert load_rollout_config(["--prompt-data", str(data), "--output", str(data.parent / "t.jsonl")]).bf16 is native_bf16
+
+
+@pytest.mark.parametrize(("flags", "bf16"), [
+    (["--bf16"], True), (["--no-bf16"], False), (["--bf16", "true"], True), (["--bf16", "false"], False), (["--bf16=FALSE"], False),
+    (["--no-bf16", "--bf16"], True), (["--bf16", "--no-bf16"], False), (["--bf16", "--lr", "1e-5"], True),
+])
+def test_bf16_flags_override_auto(data, native_bf16, caplog, flags, bf16):
+    cfg = load_config(["--prompt-data", str(data), *flags])
+    assert cfg.bf16 is bf16 and cfg.trainer().bf16 is bf16 and not [r for r in caplog.records if r.getMessage().startswith("bf16:")]
+
+
+def test_bf16_auto_on_the_command_line_and_yaml_over_each_other(tmp_path, data, native_bf16):
+    config = tmp_path / "c.yaml"
+    for text, bf16 in (("auto", native_bf16), ("true", True), ("false", False), ("on", True)):
+        config.write_text(f"prompt-data: {data}\nbf16: {text}\n")
+        assert load_config(["--config", str(config)]).bf16 is bf16
+    config.write_text(f"prompt-data: {data}\nbf16: false\n")
+    assert load_config(["--config", str(config), "--bf16", "auto"]).bf16 is native_bf16
+    assert load_config(["--config", str(config), "--bf16"]).bf16 is True
+
+
+@pytest.mark.parametrize(("yaml_text", "flags", "message"), [
+    ("bf16: maybe", [], r"c\.yaml: bf16 must be true, false or auto, got 'maybe'"),
+    ("bf16: 1", [], r"c\.yaml: bf16 must be true, false or auto, got 1"),
+    ("bf16:", [], r"c\.yaml: bf16 must be true, false or auto, got None"),
+    ("", ["--bf16", "maybe"], r"argument --bf16: expected true, false or auto, got 'maybe'"),
+    ("", ["--no-bf16", "auto"], r"unrecognized arguments: auto"),
+])
+def test_bad_bf16_values_are_refused_naming_the_field(tmp_path, data, yaml_text, flags, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"prompt-data: {data}\n{yaml_text}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(["--config", str(config), *flags])
+    with pytest.raises(ConfigError, match=r"^--bf16 must be true, false or auto, got 'yes'$"):
+        dataclasses.replace(load_config(["--prompt-data", str(data), "--no-bf16"]), bf16="yes")
