@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.errors import ConfigError
+import torch
 
-DTYPES = ("bfloat16", "float32")
+from agentrl.errors import ConfigError
+from agentrl.precision import AUTO, resolve_bf16
+
+DTYPES = ("auto", "bfloat16", "float32")
+"""``--dtype`` choices; ``auto`` is bfloat16 where ``--device`` computes in bf16 natively, else
+float32 (as ``agentrl train --bf16 auto`` decides; :mod:`agentrl.precision`)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,8 @@ class ServerArgs:
         host: interface to bind; localhost by default, since the weight-update endpoints load
             files named by the caller and join process groups it names.
         port: TCP port; 0 takes a free one (the ready line tells which).
-        dtype: weight and KV-cache dtype.
+        dtype: weight and KV-cache dtype; ``auto`` (the default) is resolved to ``bfloat16`` or
+            ``float32`` for ``device`` when the args are built.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         served_model_name: the name reported to clients; ``None`` means ``model_path``.
         random_seed: seeds the engine's per-request seeds; ``None`` draws one.
@@ -41,7 +50,7 @@ class ServerArgs:
     model_path: str
     host: str = "127.0.0.1"
     port: int = 30000
-    dtype: str = "bfloat16"
+    dtype: str = AUTO
     device: str = "cpu"
     served_model_name: str | None = None
     random_seed: int | None = None
@@ -54,6 +63,13 @@ class ServerArgs:
             raise ConfigError(f"--port must lie in [0, 65535], got {self.port}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype == AUTO:
+            if self.device.startswith("cuda") and not torch.cuda.is_available():
+                raise ConfigError(f"--device {self.device}: no CUDA device here (torch.cuda.is_available() is False); use --device cpu")
+            choice = resolve_bf16(AUTO, self.device)
+            dtype, other = ("bfloat16", "float32") if choice.enabled else ("float32", "bfloat16")
+            log.info("--dtype auto -> %s (%s; --dtype %s forces it)", dtype, choice.reason, other)
+            object.__setattr__(self, "dtype", dtype)
         if self.max_running_requests < 1:
             raise ConfigError(f"--max-running-requests must be >= 1, got {self.max_running_requests}")
 
@@ -62,7 +78,7 @@ class ServerArgs:
         parser.add_argument("--model-path", "--model", dest="model_path", required=True, help="HF model directory or built-in name (smollm2-135m)")
         parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
         parser.add_argument("--port", type=int, default=30000, help="port; 0 takes a free one")
-        parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+        parser.add_argument("--dtype", choices=DTYPES, default=AUTO, help="weight dtype; auto: bfloat16 where --device computes in bf16 natively, else float32")
         parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
         parser.add_argument("--served-model-name", default=None, help="name reported to clients (default: the model path)")
         parser.add_argument("--random-seed", type=int, default=None)
