@@ -56,7 +56,7 @@ PERF_ARGS=(
    # --context-parallel-size 2, --expert-*-parallel-size 1, --recompute-*: Megatron (issue 13)
    --use-dynamic-batch-size
    --max-tokens-per-gpu 2048                # slime: 4608
-   --no-bf16                                # fp32 on a CPU (few have native bf16); on GPUs drop it: bf16 is the default
+   --no-bf16                                # fp32; the default, --bf16 auto, also picks fp32 on CPUs without native bf16, bf16 on GPUs
 )
 
 GRPO_ARGS=(
