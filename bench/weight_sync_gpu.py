@@ -39,7 +39,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3Config
 
-from agentrl.trainers.weight_sync import (
+from agentrl.engines.weight_sync import (
     DiskWeightSync,
     DistributedWeightSync,
     HTTPWeightSync,

@@ -34,11 +34,11 @@ from agentrl.engines.fleet import EngineFleet, FleetEvent
 from agentrl.engines.launch import Engine, EngineSpec
 from agentrl.engines.pusher import FleetView, PushConfig, WeightPusher
 from agentrl.engines.router import RouterSpec
+from agentrl.engines.weight_sync import EngineWeightSync, NamedTensors
 from agentrl.policies.base import Policy
 from agentrl.policies.embedded import DTYPES, EmbeddedEngine
 from agentrl.policies.sglang import SGLangPolicy
 from agentrl.serving.sglang_api import SGLangServer
-from agentrl.trainers.weight_sync import EngineWeightSync, NamedTensors
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ process, or the Ray rollout manager's fleet over actor calls. Each push:
 * keeps a CPU snapshot of what it pushes (an engine relaunched later must get exactly that
   version, not a torn mix of it and the weights the trainer has moved on to);
 * sends the weights with the transport ``--weight-sync`` names (see
-  :mod:`agentrl.trainers.weight_sync`) while the fleet's health checks are held (engines hold
+  :mod:`agentrl.engines.weight_sync`) while the fleet's health checks are held (engines hold
   requests while they load);
 * on an engine that cannot be reached (it died since the last health check), waits, bounded,
   until the fleet has relaunched or dropped it, then pushes again over the engines in service.
@@ -26,8 +26,8 @@ from typing import Protocol
 
 import torch
 
+from agentrl.engines.weight_sync import DiskWeightSync, DistributedWeightSync, HTTPWeightSync, NamedTensors, TensorWeightSync
 from agentrl.serving.engine_client import EngineRequestError
-from agentrl.trainers.weight_sync import DiskWeightSync, DistributedWeightSync, HTTPWeightSync, NamedTensors, TensorWeightSync
 
 log = logging.getLogger(__name__)
 PUSH_ATTEMPTS = 3

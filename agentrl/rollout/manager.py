@@ -28,6 +28,7 @@ from agentrl.compat.slime_data import drop_long_prompts, eval_task_keys, prompt_
 from agentrl.compat.slime_generate import SlimeGenerateRunner
 from agentrl.data import TaskKeys, TaskStream, load_tasks
 from agentrl.engines.backend import EngineFactory, RestartHook, RolloutBackend, open_backend
+from agentrl.engines.weight_sync import NamedTensors
 from agentrl.envs import Env, make
 from agentrl.plugins import load_function
 from agentrl.rewards.hub import RewardOverride, make_reward_fn
@@ -37,7 +38,6 @@ from agentrl.rollout.partial import PartialRolloutBuffer, load_buffer_filter, po
 from agentrl.rollout.runner import RolloutConfig, RolloutRunner, derive_seed
 from agentrl.rollout.sampling import collect_groups
 from agentrl.rollout.trajectory import Trajectory
-from agentrl.trainers.weight_sync import NamedTensors
 
 if TYPE_CHECKING:
     from agentrl.config import TrainConfig

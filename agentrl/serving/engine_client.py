@@ -1,6 +1,6 @@
 """A client for the control and weight endpoints of one engine (``agentrl serve`` or SGLang).
 
-Used by the trainer's weight sync (:mod:`agentrl.trainers.weight_sync`). Retries follow agentrl's
+Used by the trainer's weight sync (:mod:`agentrl.engines.weight_sync`). Retries follow agentrl's
 one policy: connection errors, timeouts, 429 and 5xx are retried with capped exponential backoff
 and jitter (a warning names "attempt k/N"), a 4xx fails at once. Only idempotent calls retry:
 joining a process group or sending tensors cannot be repeated without the other ranks.

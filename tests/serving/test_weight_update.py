@@ -23,8 +23,8 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from agentrl.engines.weight_sync import DiskWeightSync, DistributedWeightSync, TensorWeightSync
 from agentrl.serving.safetensors_dir import write_safetensors_dir
-from agentrl.trainers.weight_sync import DiskWeightSync, DistributedWeightSync, TensorWeightSync
 from tests.serving.conftest import agentrl_serve
 
 PROMPT = [1, 504, 3001, 22, 9]
@@ -280,10 +280,11 @@ async def test_sigterm_stops_the_server_promptly_while_a_group_join_waits_for_it
             assert not joining.done()
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            status, reply = await asyncio.wait_for(joining, 10)
-            returncode = await asyncio.to_thread(proc.wait, 10)
+            status, reply = await asyncio.wait_for(joining, 30)
+            returncode = await asyncio.to_thread(proc.wait, 30)
         stopped_s = time.monotonic() - started
-    assert returncode == 0 and stopped_s < 5, f"agentrl serve took {stopped_s:.1f}s to stop (status {returncode})"
+    # seconds, not the join's 10 minutes (the bound leaves room for a loaded 2-core machine: 6.6 s seen)
+    assert returncode == 0 and stopped_s < 30, f"agentrl serve took {stopped_s:.1f}s to stop (status {returncode})"
     assert status == 400 and "the server is shutting down" in reply["message"]
 
 
