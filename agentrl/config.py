@@ -133,7 +133,7 @@ class EpisodeConfig:
                                                    "(unset: no limit)", range=POSITIVE)
     rollout_episode_timeout: float | None = opt(None, "seconds a whole episode may take, generation included; it then ends as timeout "
                                                       "(unset: no limit)", range=POSITIVE)
-    tool_parser: str = opt("hermes", "how tool calls are read from the policy's text: hermes, none, or pkg.module:function")
+    tool_parser: str = opt("hermes", "how tool calls are read from the policy's text: hermes, llama3, none, or pkg.module:function")
     bridge_mode: str = opt("auto", "how observations join the token sequence: auto, append or segment (agentrl/rollout/conversation.py)",
                            choices=typing.get_args(BridgeMode))
     reset_seed: str = opt("group", "env reset seeds: one shared by the samples of a task (group) or one per sample (sample)",
