@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 SLIME_ROLLOUT_FUNCTION = "slime.rollout.sglang_rollout.generate_rollout"
 """slime's default ``--rollout-function-path``: its own loop, which agentrl's training loop is."""
 
-RAY = ("a Ray cluster setting agentrl's launcher does not take (issue 12: --launcher ray places trainer ranks and engines with "
+RAY = ("a Ray cluster setting agentrl's launcher does not take (it places trainer ranks and engines with "
        "--actor-num-nodes, --actor-num-gpus-per-node, --rollout-num-gpus, --rollout-num-gpus-per-engine, --colocate)")
 MEGATRON = ("a Megatron model/parallelism flag agentrl does not take: both trainers read the model from --hf-checkpoint; --train-backend megatron "
             "takes --tensor-model-parallel-size, --pipeline-model-parallel-size, --sequence-parallel, --use-distributed-optimizer, "
@@ -28,8 +28,7 @@ MEGATRON = ("a Megatron model/parallelism flag agentrl does not take: both train
 WEIGHT_SYNC = "weight sync is chosen with --weight-sync distributed|disk"
 
 REFUSED: dict[str, str] = {
-    **dict.fromkeys(("--actor-num-nodes", "--actor-num-gpus-per-node", "--rollout-num-gpus", "--rollout-num-gpus-per-engine", "--num-gpus-per-node",
-                     "--colocate", "--offload", "--offload-train", "--offload-rollout", "--no-offload-train", "--no-offload-rollout",
+    **dict.fromkeys(("--num-gpus-per-node", "--offload", "--offload-train", "--offload-rollout", "--no-offload-train", "--no-offload-rollout",
                      "--prefill-num-servers", "--sglang-config", "--use-distributed-post", "--release-train", "--train-env-vars",
                      "--distributed-backend", "--use-fault-tolerance"), RAY),
     **dict.fromkeys(("--update-weight-mode", "--update-weight-transport", "--update-weight-disk-dir", "--update-weight-disk-keep-files",

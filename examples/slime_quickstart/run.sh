@@ -13,8 +13,8 @@ OUT=${OUT:-runs/slime_quickstart}
 DATA=examples/slime_quickstart/data
 python examples/slime_quickstart/make_data.py --out "${DATA}"   # slime: hf download dapo-math-17k and aime-2024
 
-# MODEL_ARGS: slime sources scripts/models/glm4-9B.sh for Megatron's model flags; agentrl's PyTorch
-# trainer reads the architecture from --hf-checkpoint (Megatron: issue 13, --train-backend megatron).
+# MODEL_ARGS: slime sources scripts/models/glm4-9B.sh for Megatron's model flags; both agentrl trainers
+# (PyTorch, and Megatron-Core with --train-backend megatron) read the architecture from --hf-checkpoint.
 
 CKPT_ARGS=(
    --hf-checkpoint smollm2-135m             # slime: /root/GLM-Z1-9B-0414/ (a Hugging Face directory works here too)
@@ -52,8 +52,8 @@ EVAL_ARGS=(
 )
 
 PERF_ARGS=(
-   # --tensor-model-parallel-size 2, --sequence-parallel, --pipeline-model-parallel-size 1,
-   # --context-parallel-size 2, --expert-*-parallel-size 1, --recompute-*: Megatron (issue 13)
+   # --tensor-model-parallel-size 2, --sequence-parallel, --pipeline-model-parallel-size 1, --recompute-*:
+   # with --train-backend megatron (one trainer rank so far: parallel sizes above 1 are refused with the reason)
    --use-dynamic-batch-size
    --max-tokens-per-gpu 2048                # slime: 4608
    --no-bf16                                # fp32; the default, --bf16 auto, also picks fp32 on CPUs without native bf16, bf16 on GPUs
@@ -86,14 +86,15 @@ WANDB_ARGS=(
 )
 
 SGLANG_ARGS=(
-   # --rollout-num-gpus-per-engine 2        # engines on GPUs: the Ray launcher (issue 12, --launcher ray)
+   # --rollout-num-gpus-per-engine 2        # engines on GPUs: the Ray launcher (--launcher ray, or as a Ray job)
    --sglang-mem-fraction-static 0.7         # noted: the embedded engine is not SGLang; applies to launched SGLang engines
 )
 
 # MISC_ARGS (--attention-dropout, --hidden-dropout, --accumulate-allreduce-grads-in-fp32,
-# --attention-softmax-in-fp32, --attention-backend): Megatron's (issue 13); dropout comes from the model's config.
+# --attention-softmax-in-fp32, --attention-backend): Megatron's architecture flags; dropout comes from the model's config.
 
 # slime: ray start ... && ray job submit ... -- python3 train.py --actor-num-nodes 1 --actor-num-gpus-per-node 4 --rollout-num-gpus 4
+# agentrl takes the same placement flags as a Ray job (scripts/ray_submit.sh agentrl train ...); here: one process on the CPU
 agentrl train --output-dir "${OUT}" \
    "${CKPT_ARGS[@]}" \
    "${ROLLOUT_ARGS[@]}" \

@@ -58,7 +58,7 @@ def test_every_flag_of_slimes_run_scripts_is_accepted_or_refused_with_a_reason(d
 
 def test_refusals_name_the_issue_that_covers_them():
     assert "--train-backend megatron takes --tensor-model-parallel-size" in refusal("--num-layers")
-    assert "--hf-checkpoint" in refusal("--moe-router-topk") and "issue 12" in refusal("--use-distributed-post")
+    assert "--hf-checkpoint" in refusal("--moe-router-topk") and "--actor-num-nodes" in refusal("--use-distributed-post")
     assert "--weight-sync" in refusal("--update-weight-transport")
     assert refusal("--rollout-batch-size") is None
     with pytest.raises(ConfigError) as failure:
