@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import agentrl
 from agentrl.cli import main
 from agentrl.scaffold import new_env
 
@@ -27,6 +30,11 @@ def test_the_package_installs_is_listed_and_passes_its_own_tests(tmp_path, capsy
         "README.md", "pyproject.toml", "tests/test_env.py", "word_game/__init__.py", "word_game/env.py"]
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--system-site-packages", str(venv), cwd=tmp_path)
+    # The agentrl under test and this interpreter's packages, also when it is itself a venv (which
+    # --system-site-packages alone does not give; addsitedir runs their .pth files: editable installs).
+    inner = next((venv / "lib").glob("python*/site-packages"))
+    outer = [str(Path(agentrl.__file__).parents[1]), *site.getsitepackages()]
+    (inner / "outer_site_packages.pth").write_text("import site; " + "; ".join(f"site.addsitedir({p!r})" for p in outer) + "\n")
     python = str(venv / "bin" / "python")
     run(python, "-m", "pip", "install", "--no-deps", "-q", str(root), cwd=tmp_path)
     assert "word_game/WordGame-v0" in run(python, "-m", "agentrl.cli", "envs", cwd=tmp_path).stdout.split()
