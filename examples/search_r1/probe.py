@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=HERE / "data")
     parser.add_argument("--countries", type=int, default=20, help="the first N held-out countries (4 questions each)")
     parser.add_argument("--samples", type=int, default=0, help="sampled answers per question (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling of --samples")
     args = parser.parse_args()
+    torch.manual_seed(args.seed)  # a script: the process's generator is this run's alone
     from agentrl.rewards.text import exact_match
 
     config = yaml.safe_load(args.config.read_text())
