@@ -3,7 +3,6 @@ event loop."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
@@ -15,6 +14,7 @@ from matplotlib.figure import Figure
 
 from agentrl.errors import DataError
 from agentrl.metrics import MetricsLogger
+from tests.loop_probe import loop_probe
 
 
 def strict_records(path):
@@ -92,18 +92,9 @@ async def test_log_does_not_draw_and_alog_draws_off_the_event_loop(tmp_path, mon
     started = time.perf_counter()
     logger.log(1, {"rollout/reward_mean": 0.25})
     assert time.perf_counter() - started < 0.4 and not (tmp_path / "reward_curves.png").exists()
-    ticks = 0
-
-    async def tick():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
-    await logger.alog(2, {"rollout/reward_mean": 0.5})
-    ticker.cancel()
-    assert ticks >= 10, f"the event loop was blocked while plotting ({ticks} ticks)"
+    async with loop_probe() as probe:
+        await logger.alog(2, {"rollout/reward_mean": 0.5})
+    assert probe.ticks >= 10, f"the event loop was blocked while plotting ({probe.ticks} ticks)"
     assert (tmp_path / "reward_curves.png").stat().st_size > 0
     assert [r["step"] for r in strict_records(tmp_path / "metrics.jsonl")] == [1, 2]
     logger.close()

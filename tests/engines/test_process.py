@@ -10,12 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from agentrl.engines.process import ManagedProcess, kill_started_processes
+from tests.loop_probe import loop_probe
 
 IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"
 STALL_LIMIT_S = 0.25  # the longest the loop may go without running another coroutine
@@ -41,39 +40,12 @@ async def eventually(condition: Callable[[], bool], timeout_s: float, what: str)
         await asyncio.sleep(0.05)
 
 
-@dataclass
-class LoopWatch:
-    """The longest gap between two ticks of a coroutine that wakes every 10 ms."""
-
-    worst: float = 0.0
-
-
-@asynccontextmanager
-async def loop_watched() -> AsyncIterator[LoopWatch]:
-    watch, stop = LoopWatch(), asyncio.Event()
-
-    async def tick() -> None:
-        last = time.monotonic()
-        while not stop.is_set():
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            watch.worst, last = max(watch.worst, now - last), now
-
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0)
-    try:
-        yield watch
-    finally:
-        stop.set()
-        await ticker
-
-
 async def test_stopping_a_process_that_ignores_sigterm_keeps_the_loop_running_and_sigkills_it_after_its_grace(tmp_path, caplog):
     process = stubborn(tmp_path, "stubborn")
     process.start()
     try:
         await eventually(lambda: "\nready\n" in process.tail(), 30, "the SIGTERM trap installed")
-        async with loop_watched() as watch:
+        async with loop_probe() as watch:
             started = time.monotonic()
             assert await process.stop(1.0)
             elapsed = time.monotonic() - started

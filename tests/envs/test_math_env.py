@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 
 from agentrl.envs import Action, Task, make
 from agentrl.envs.math_env import DEFAULT_INSTRUCTION, MathEnv
+from tests.loop_probe import loop_probe
 
 PATHOLOGICAL = "\\boxed{9^{9^{9}}}"
 """sympy works on this for minutes, holding the GIL; only Math-Verify's SIGALRM (main thread) or a kill stops it."""
-
-
-@contextlib.asynccontextmanager
-async def ticking():
-    """Counts 10 ms ticks of the event loop while the body runs: ``ticks[0]``."""
-    ticks = [0]
-
-    async def tick():
-        while True:
-            await asyncio.sleep(0.01)
-            ticks[0] += 1
-
-    ticker = asyncio.create_task(tick())
-    try:
-        yield ticks
-    finally:
-        ticker.cancel()
 
 
 async def test_one_step_scores_the_boxed_answer_and_terminates():
@@ -53,11 +35,11 @@ async def test_format_reward_and_message_prompts():
 async def test_scoring_does_not_block_the_event_loop():
     env = MathEnv()
     await env.reset(Task("How big is it?", label="1"))
-    async with ticking() as ticks:
+    async with loop_probe() as probe:
         started = time.perf_counter()
         result = await env.step(Action(PATHOLOGICAL))
     assert result.reward == 0.0
-    assert ticks[0] >= 0.5 * (time.perf_counter() - started) / 0.01, f"the event loop was blocked: {ticks[0]} ticks"
+    assert probe.ticks >= 0.5 * (time.perf_counter() - started) / 0.01, f"the event loop was blocked: {probe.ticks} ticks"
 
 
 async def test_a_scoring_timeout_scores_zero_and_is_reported_in_info(caplog):

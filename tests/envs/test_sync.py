@@ -12,6 +12,7 @@ import pytest
 
 from agentrl.envs import Action, Message, StepResult, StepTimeout, SyncEnv, Task, from_sync
 from agentrl.errors import EnvError, EnvTimeoutError
+from tests.loop_probe import loop_probe
 
 TASK = Task("hi")
 
@@ -64,18 +65,9 @@ async def test_calls_run_off_the_event_loop_thread() -> None:
 async def test_the_event_loop_stays_responsive_while_a_step_blocks() -> None:
     env = from_sync(SleepyEnv(seconds=0.3))
     await env.reset(TASK)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticking = asyncio.create_task(ticker())
-    await env.step(Action("x"))
-    ticking.cancel()
-    assert ticks >= 10  # about 30 if the loop never blocked, 0 or 1 if it did
+    async with loop_probe() as probe:
+        await env.step(Action("x"))
+    assert probe.ticks >= 10  # about 30 if the loop never blocked, 0 or 1 if it did
 
 
 async def test_a_given_executor_bounds_concurrent_calls() -> None:

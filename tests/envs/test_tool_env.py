@@ -12,6 +12,7 @@ from agentrl.envs import Action, Task, ToolCall, check_env
 from agentrl.envs.tool_calls import parse_hermes
 from agentrl.envs.tool_env import ToolEnv, ToolSet
 from agentrl.errors import ConfigError
+from tests.loop_probe import loop_probe
 from tests.serving.openai_agent import add
 
 running = {"now": 0, "most": 0}
@@ -78,18 +79,9 @@ async def test_calls_of_a_turn_run_concurrently_under_the_cap_and_off_the_loop()
     results = await tools.run([call("slow_square", x=k) for k in range(4)])
     assert [r.content for r in results] == ["0", "1", "4", "9"] and running["most"] == 2
     assert 0.35 < time.perf_counter() - started < 1.5  # two waves of two
-    ticks = 0
-
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    tick = asyncio.create_task(ticker())
-    [echo] = await tools.run([call("blocking_echo", text="ab", times=2)])
-    tick.cancel()
-    assert echo.content == "abab" and ticks >= 10  # the loop ran while the sync tool slept in its thread
+    async with loop_probe() as probe:
+        [echo] = await tools.run([call("blocking_echo", text="ab", times=2)])
+    assert echo.content == "abab" and probe.ticks >= 10  # the loop ran while the sync tool slept in its thread
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from agentrl.errors import PolicyError
 from agentrl.policies.base import Generation, SamplingParams
 from agentrl.policies.batch import StopRule
 from agentrl.policies.embedded import EmbeddedEngine
+from tests.loop_probe import loop_probe
 
 ATOL = 1e-4  # fp32 log-probs
 EOS = 2  # <|im_end|>, SmolLM2's eos
@@ -306,48 +307,18 @@ async def test_close_waits_for_a_running_step_without_blocking_the_event_loop(mo
     engine._loop_task.cancel()
     with pytest.raises(PolicyError, match="loop was cancelled"):
         await request
-    gaps, ticking = await _ticking()
-    started = time.monotonic()
-    await engine.aclose()
-    waited = time.monotonic() - started
-    await asyncio.sleep(0.05)  # the ticker records the gap that spans aclose, if the loop stalled
-    ticking.cancel()
+    async with loop_probe(0.005) as probe:
+        started = time.monotonic()
+        await engine.aclose()
+        waited = time.monotonic() - started
     assert waited > 0.5, "aclose returned before the worker finished its step"
-    assert max(gaps) < 0.4, f"the event loop stalled for {max(gaps):.2f}s during aclose"
-
-
-async def _ticking() -> tuple[list[float], asyncio.Task[None]]:
-    """A task that records the gaps between its 5 ms ticks (a stalled loop shows a long gap)."""
-    gaps: list[float] = []
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0.01)
-    return gaps, task
+    assert probe.worst < 0.4, f"the event loop stalled for {probe.worst:.2f}s during aclose"
 
 
 async def test_event_loop_stays_responsive_while_decoding(engine, prompts):
-    gaps = []
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    ticking = asyncio.create_task(ticker())
-    await asyncio.gather(*(engine.generate(p, SamplingParams(max_new_tokens=16, seed=0)) for p in prompts))
-    ticking.cancel()
-    assert len(gaps) > 10 and max(gaps) < 0.5
+    async with loop_probe(0.005) as probe:
+        await asyncio.gather(*(engine.generate(p, SamplingParams(max_new_tokens=16, seed=0)) for p in prompts))
+    assert probe.ticks > 10 and probe.worst < 0.5
 
 
 async def test_close_aborts_in_flight_requests_and_is_final(model, tokenizer, prompts):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
 import time
@@ -17,6 +16,7 @@ from agentrl.rewards.hub import RewardInput, RewardOverride, last_boxed, make_re
 from agentrl.rewards.remote import RewardModelError
 from agentrl.rewards.text import contains_answer, exact_match, f1_score, normalize_answer
 from tests.http import serve
+from tests.loop_probe import loop_probe
 
 
 def test_search_r1_normalisation_exact_match_and_f1():
@@ -105,20 +105,11 @@ async def test_remote_reward_model_over_http_with_retries():
 
 async def test_rm_type_math_scores_off_the_event_loop():
     fn = make_reward_fn("math")
-    ticks = 0
-
-    async def tick():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
-    started = time.perf_counter()
-    reward = await fn(RewardInput("q", "\\boxed{9^{9^{9}}}", "1", {}))
-    ticker.cancel()
+    async with loop_probe() as probe:
+        started = time.perf_counter()
+        reward = await fn(RewardInput("q", "\\boxed{9^{9^{9}}}", "1", {}))
     assert reward == 0.0
-    assert ticks >= 0.5 * (time.perf_counter() - started) / 0.01, f"the event loop was blocked: {ticks} ticks"
+    assert probe.ticks >= 0.5 * (time.perf_counter() - started) / 0.01, f"the event loop was blocked: {probe.ticks} ticks"
 
 
 @pytest.mark.parametrize(("name", "shown"), [("nan_rm", "nan"), ("inf_rm", "inf"), ("text_rm", "'high'"), ("none_rm", "None")])
