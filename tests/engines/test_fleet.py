@@ -37,7 +37,7 @@ from agentrl.engines import (
 from agentrl.engines.launch import LaunchedEngine
 from agentrl.engines.process import free_port, kill_started_processes
 from agentrl.engines.router import RouterProcess
-from tests.engines.test_process import loop_watched
+from tests.loop_probe import loop_probe
 
 pytest.importorskip("sglang_router", reason="sglang-router is a test dependency (pip install -e '.[test]')")
 
@@ -214,7 +214,7 @@ async def test_closing_the_fleet_sigkills_an_engine_that_ignores_sigterm_after_i
     fleet = EngineFleet([STUCK], tmp_path, config=replace(FAST, stop_grace_s=1))
     await fleet.start()
     (engine,) = fleet.engines
-    async with loop_watched() as watch:
+    async with loop_probe() as watch:
         started = time.monotonic()
         await fleet.aclose()
         elapsed = time.monotonic() - started
