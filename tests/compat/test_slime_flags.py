@@ -116,7 +116,7 @@ def test_load_without_a_checkpoint_starts_fresh_when_ref_load_is_given(data, tmp
     empty = tmp_path / "ckpt"
     with pytest.raises(ConfigError, match="no such checkpoint directory"):
         load_config(["--prompt-data", str(data), "--load", str(empty)])
-    assert load_config(["--prompt-data", str(data), "--load", str(empty), "--ref-load", "/root/ref_torch_dist"]).load is None
+    assert load_config(["--prompt-data", str(data), "--load", str(empty), "--ref-load", str(tmp_path / "ref_torch_dist")]).load is None
     (empty / "step_00002").mkdir(parents=True)
     assert load_config(["--prompt-data", str(data), "--load", str(empty), "--ref-load", "x"]).load == str(empty)
 

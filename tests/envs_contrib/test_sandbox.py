@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +33,14 @@ async def test_network_is_denied():
     assert result.exit_code == 1 and "Network is unreachable" in result.message()
 
 
-@pytest.mark.parametrize("target", ["/tmp/agentrl-sandbox-escape", str(Path(__file__).resolve().parent / "escape.txt"), "/dev/shm/escape"])
-async def test_writes_outside_its_directory_are_denied(target):
+SHARED_MEMORY = Path("/dev/shm")
+"""Linux's shared-memory tmpfs, writable by everyone on the host: the sandbox must not let code write there."""
+OUTSIDE = {"temp dir": Path(tempfile.gettempdir()), "this checkout": Path(__file__).resolve().parent, "shared memory": SHARED_MEMORY}
+
+
+@pytest.mark.parametrize("where", list(OUTSIDE))
+async def test_writes_outside_its_directory_are_denied(where):
+    target = str(OUTSIDE[where] / "agentrl-sandbox-escape")
     result = await run(f"open({target!r}, 'w').write('x')")
     assert result.exit_code == 1 and "Read-only file system" in result.message()
     assert not await asyncio.to_thread(os.path.exists, target)
