@@ -268,6 +268,8 @@ class TrainConfig(EpisodeConfig):
     use_dynamic_batch_size: bool = opt(False, "pack micro-batches by token budget")
     max_tokens_per_gpu: int | None = opt(None, "token budget of a micro-batch", range=AT_LEAST_1)
     train_async: bool = opt(False, "one-step-asynchronous: the next rollout overlaps this step's training")
+    use_liger_kernel: bool = opt(False, "torch backend on CUDA: liger-kernel's fused RMSNorm, SwiGLU and rotary kernels "
+                                        "(pip install 'agentrl[kernels]')")
     # --- training backend (slime's --train-backend), and Megatron-LM's own flags for the Megatron trainer
     train_backend: str = opt("torch", "the trainer: torch (PyTorch) or megatron (Megatron-Core: pip install 'agentrl[megatron]')",
                              choices=TRAIN_BACKENDS)
@@ -385,6 +387,7 @@ class TrainConfig(EpisodeConfig):
             clip_grad=self.clip_grad, num_steps_per_rollout=self.num_steps_per_rollout or 1, micro_batch_size=self.micro_batch_size,
             use_dynamic_batch_size=self.use_dynamic_batch_size, max_tokens_per_gpu=self.max_tokens_per_gpu,
             bf16=self.bf16, temperature=self.rollout_temperature, calculate_per_token_loss=self.calculate_per_token_loss,
+            use_liger_kernel=self.use_liger_kernel,
         )
 
     def megatron(self) -> MegatronConfig | None:

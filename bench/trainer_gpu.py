@@ -1,16 +1,24 @@
-"""Training throughput on a GPU: agentrl's PyTorch trainer against plain transformers + AdamW.
+"""Training throughput on a GPU: agentrl's two trainer backends against plain transformers + AdamW.
 
 Model: a randomly initialised Qwen3-0.6B-shaped decoder (the point is speed, not learning).
 Data: random token sequences of 300-2,000 tokens (``--lengths``; prompt 200) with random advantages, the same
-for both contenders. agentrl packs them without padding into micro-batches of at most
-``--max-tokens`` tokens; the baseline pads the same sequences into batches of at most
-``--max-tokens`` padded tokens, runs the HF model with SDPA attention and computes full logits.
-Both use bf16 autocast over fp32 master weights and torch AdamW.
+for every contender. Contenders (``--backends``):
+
+* ``torch``: agentrl's PyTorch backend: packed micro-batches of at most ``--max-tokens`` tokens
+  (no padding, varlen flash attention), bf16 autocast over fp32 master weights, fused AdamW;
+* ``torch+liger``: the same with ``--use-liger-kernel`` (liger-kernel's fused RMSNorm, SwiGLU, RoPE);
+* ``megatron``: agentrl's Megatron-Core backend, same packing, bf16 parameters with fp32 masters
+  in Megatron's optimizer (PyTorch AdamW: no Apex or Transformer Engine here);
+* ``hf``: plain transformers, the same sequences padded into batches of at most
+  ``--baseline-max-tokens`` padded tokens, SDPA attention, full logits, bf16 autocast, torch AdamW.
 
 MFU = (6 x parameters x tokens + causal attention FLOPs) / (step time x 989 TFLOP/s), tokens being
-real (unpadded) tokens. Prints a table and, last, one JSON line.
+real (unpadded) tokens. Also reported: the mean absolute difference between each agentrl backend's
+log-probs and the ``torch`` backend's on the same sequences before training (bf16). Prints a table
+and, last, one JSON line.
 
-    python bench/trainer_gpu.py [--steps 4] [--tokens-per-step 65536] [--max-tokens 16384] [--profile]
+    python bench/trainer_gpu.py [--backends torch torch+liger megatron hf] [--steps 4] [--tokens-per-step 65536]
+                                [--max-tokens 16384] [--profile]
 
 ``--profile`` adds, for each contender, a table of the CUDA kernels of one more step.
 """
@@ -29,9 +37,11 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 from agentrl.trainers.algorithms import LossConfig
 from agentrl.trainers.batching import TrainSequence
+from agentrl.trainers.build import build_trainer
 from agentrl.trainers.packed_attention import varlen_available
-from agentrl.trainers.torch_trainer import TorchTrainer, TrainerConfig
+from agentrl.trainers.torch_trainer import TrainerConfig
 
+BACKENDS = ("torch", "torch+liger", "megatron", "hf")
 PEAK_BF16 = 989e12  # H100 SXM dense bf16
 QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)
@@ -63,19 +73,22 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def run_agentrl(model_dir: str, batches: list[list[TrainSequence]], max_tokens: int, profile: bool = False) -> list[dict[str, float]]:
-    cfg = TrainerConfig(bf16=True, lr=1e-6, use_dynamic_batch_size=True, max_tokens_per_gpu=max_tokens)
-    trainer = TorchTrainer(model_dir, cfg, LossConfig(), device="cuda")
+def run_agentrl(backend: str, model_dir: str, batches: list[list[TrainSequence]], max_tokens: int, profile: bool = False) -> tuple[list[dict[str, float]], torch.Tensor]:
+    """Steps of one agentrl backend, and its log-probs of the first batch before training."""
+    cfg = TrainerConfig(bf16=True, lr=1e-6, use_dynamic_batch_size=True, max_tokens_per_gpu=max_tokens, use_liger_kernel=backend == "torch+liger")
+    trainer = build_trainer(backend.split("+")[0], model_dir, cfg, LossConfig(), device="cuda")
+    logprobs = torch.cat(trainer.logprobs(batches[0]))
     rows = []
     for seqs in batches:
         fwd_bwd = timed(functools.partial(trainer.accumulate_gradients, seqs))
         opt = timed(trainer.apply_gradients)
         rows.append({"fwd_bwd_s": fwd_bwd, "optimizer_s": opt, "step_s": fwd_bwd + opt})
     if profile:
-        print_profile("agentrl", functools.partial(trainer.accumulate_gradients, batches[-1]))
+        print_profile(backend, functools.partial(trainer.accumulate_gradients, batches[-1]))
+    trainer.close()
     del trainer
     torch.cuda.empty_cache()
-    return rows
+    return rows, logprobs
 
 
 def print_profile(name: str, fn) -> None:
@@ -131,6 +144,7 @@ def run_plain(model_dir: str, batches: list[list[TrainSequence]], max_tokens: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="contenders, run in this order")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--tokens-per-step", type=int, default=65536)
     parser.add_argument("--max-tokens", type=int, default=16384, help="agentrl's packed micro-batch size")
@@ -140,29 +154,33 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = Qwen3Config(**QWEN3_06B)
+    results: dict[str, dict[str, float]] = {}
+    logprobs: dict[str, torch.Tensor] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
         params = sum(p.numel() for p in model.parameters())
         model.save_pretrained(tmp)
         del model
         batches = [make_sequences(args.tokens_per_step, seed, *args.lengths) for seed in range(args.steps + 1)]  # the first step warms up
-        results = {}
-        for name in ("agentrl", "plain_transformers"):
-            if name == "agentrl":
-                rows = run_agentrl(tmp, batches, args.max_tokens, args.profile)[1:]
-            else:
+        for name in args.backends:
+            if name == "hf":
                 rows = run_plain(tmp, batches, args.baseline_max_tokens, args.profile)[1:]
+            else:
+                all_rows, logprobs[name] = run_agentrl(name, tmp, batches, args.max_tokens, args.profile)
+                rows = all_rows[1:]
             step_s = sum(r["step_s"] for r in rows) / len(rows)
             tokens = sum(sum(len(s) for s in b) for b in batches[1:]) / len(rows)
             mfu = sum(flops(params, b, cfg) for b in batches[1:]) / len(rows) / (step_s * PEAK_BF16)
             results[name] = {"step_s": step_s, "fwd_bwd_s": sum(r["fwd_bwd_s"] for r in rows) / len(rows),
                              "optimizer_s": sum(r["optimizer_s"] for r in rows) / len(rows), "tokens_per_s": tokens / step_s, "mfu": mfu}
-            print(f"{name:20s} step {step_s:.3f}s  fwd+bwd {results[name]['fwd_bwd_s']:.3f}s  optimizer {results[name]['optimizer_s']:.3f}s  "
+            if name in logprobs and "torch" in logprobs and name != "torch":
+                results[name]["logprob_mean_abs_diff_vs_torch"] = float((logprobs[name] - logprobs["torch"]).abs().mean())
+            print(f"{name:12s} step {step_s:.3f}s  fwd+bwd {results[name]['fwd_bwd_s']:.3f}s  optimizer {results[name]['optimizer_s']:.3f}s  "
                   f"{results[name]['tokens_per_s']:.0f} tok/s  MFU {mfu:.3f}", flush=True)
     print(json.dumps({"bench": "trainer_gpu", "device": torch.cuda.get_device_name(), "torch": torch.__version__, "params": params,
-                      "attention": "varlen flash" if varlen_available() else "padded SDPA",
-                      "tokens_per_step": args.tokens_per_step, "lengths": list(args.lengths), "max_tokens": args.max_tokens, "baseline_max_tokens": args.baseline_max_tokens, "results": results,
-                      "speedup": results["plain_transformers"]["step_s"] / results["agentrl"]["step_s"]}))
+                      "attention": "varlen flash" if varlen_available() else "padded SDPA", "tokens_per_step": args.tokens_per_step,
+                      "lengths": list(args.lengths), "max_tokens": args.max_tokens, "baseline_max_tokens": args.baseline_max_tokens,
+                      "results": results, "speedup_vs_hf": {k: results["hf"]["step_s"] / v["step_s"] for k, v in results.items() if "hf" in results}}))
 
 
 if __name__ == "__main__":

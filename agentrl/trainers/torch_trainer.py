@@ -35,6 +35,7 @@ from transformers import AutoModelForCausalLM
 
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
+from agentrl.trainers.fused_kernels import apply_liger_kernel
 from agentrl.trainers.logprobs import PackedDecoder, chosen_logprobs
 from agentrl.trainers.lr_schedule import LrDecayStyle, learning_rate
 from agentrl.trainers.packed_attention import PACKED_ATTENTION
@@ -57,6 +58,8 @@ class TrainerConfig:
         bf16: autocast forward/backward to bfloat16 (fp32 master weights).
         temperature: the rollout temperature; log-probs are of ``logits / temperature``.
         gradient_checkpointing: recompute activations in backward (less memory, more time).
+        use_liger_kernel: liger-kernel's fused RMSNorm, SwiGLU and rotary kernels (CUDA; see
+            :mod:`agentrl.trainers.fused_kernels`).
         calculate_per_token_loss: reduce the loss as a mean over every trained token of the step
             instead of the mean over samples of each sample's token mean.
     """
@@ -79,6 +82,7 @@ class TrainerConfig:
     temperature: float = 1.0
     gradient_checkpointing: bool = False
     calculate_per_token_loss: bool = False
+    use_liger_kernel: bool = False
 
     def __post_init__(self) -> None:
         if self.num_steps_per_rollout < 1:
@@ -102,6 +106,8 @@ class TorchTrainer:
         self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=PACKED_ATTENTION)
         self.model.to(self.device)  # type: ignore[arg-type]  # transformers types .to's self oddly
+        if config.use_liger_kernel:
+            apply_liger_kernel(self.model, self.device)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = _frozen_copy(self.model) if loss.use_kl_loss else None
@@ -109,7 +115,7 @@ class TorchTrainer:
         self.decoder = PackedDecoder(self.model)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-            eps=config.adam_eps, weight_decay=config.weight_decay,
+            eps=config.adam_eps, weight_decay=config.weight_decay, fused=self.device.type == "cuda",
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: learning_rate(
             step, lr=config.lr, min_lr=config.min_lr, warmup=config.lr_warmup_iters,

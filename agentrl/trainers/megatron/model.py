@@ -121,7 +121,8 @@ def check_divisible(hf: PretrainedConfig, parallel: MegatronConfig) -> None:
 
 
 def transformer_config(hf: PretrainedConfig, parallel: MegatronConfig, *, bf16: bool, cpu: bool) -> TransformerConfig:
-    """Megatron's ``TransformerConfig`` of ``hf``: fusions and dropout off.
+    """Megatron's ``TransformerConfig`` of ``hf``: dropout off; of Megatron's fusions only the
+    SwiGLU one (``torch.compile``-fused), on GPUs only: the rest need Transformer Engine or Apex.
 
     ``calculate_per_token_loss`` is on so that neither Megatron's schedule nor its DDP rescales
     losses or gradients: agentrl's loss weights already normalise over the whole optimizer step.
@@ -134,7 +135,7 @@ def transformer_config(hf: PretrainedConfig, parallel: MegatronConfig, *, bf16: 
         num_attention_heads=hf.num_attention_heads, num_query_groups=hf.num_key_value_heads, kv_channels=head_dim(hf),
         normalization="RMSNorm", layernorm_epsilon=hf.rms_norm_eps, gated_linear_unit=True, activation_func=F.silu,
         add_bias_linear=False, add_qkv_bias=fam.qkv_bias, qk_layernorm=fam.qk_norm,
-        hidden_dropout=0.0, attention_dropout=0.0, bias_activation_fusion=False, masked_softmax_fusion=False,
+        hidden_dropout=0.0, attention_dropout=0.0, bias_activation_fusion=not cpu, masked_softmax_fusion=False,
         bias_dropout_fusion=False, apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False,
         params_dtype=dtype, pipeline_dtype=dtype, bf16=bf16, use_cpu_initialization=cpu,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size, pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,

@@ -92,6 +92,8 @@ class MegatronTrainer:
 
     def __init__(self, model_dir: str | Path, config: TrainerConfig, loss: LossConfig, *, device: str | torch.device = "cpu",
                  parallel: MegatronConfig | None = None, seed: int = 0) -> None:
+        if config.use_liger_kernel:
+            raise ConfigError("--use-liger-kernel is for --train-backend torch; the Megatron backend fuses its SwiGLU itself on CUDA")
         self.config, self.loss = config, loss
         self.device = torch.device(device)
         self.parallel = (parallel or MegatronConfig()).with_recompute(config.gradient_checkpointing)

@@ -1,0 +1,48 @@
+"""``--use-liger-kernel``: refused with a reason where it cannot run (CPU, Megatron, no liger-kernel),
+and on a GPU (marked ``gpu``, skipped on CI) the same log-probs and a working step with liger's kernels."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from agentrl.errors import ConfigError
+from agentrl.trainers.algorithms import LossConfig
+from agentrl.trainers.build import build_trainer
+from agentrl.trainers.torch_trainer import TorchTrainer, TrainerConfig
+from tests.trainers.megatron.megatron_cases import make_sequences, save_tiny_model
+
+LIGER = TrainerConfig(bf16=False, use_liger_kernel=True)
+
+
+def test_liger_on_a_cpu_is_refused_naming_the_device(tiny_llama_dir):
+    with pytest.raises(ConfigError, match=r"^--use-liger-kernel runs Triton kernels on CUDA; this trainer runs on cpu$"):
+        TorchTrainer(tiny_llama_dir, LIGER, LossConfig(), device="cpu")
+
+
+def test_liger_with_the_megatron_backend_is_refused(tiny_llama_dir):
+    with pytest.raises(ConfigError, match=r"^--use-liger-kernel is for --train-backend torch"):
+        build_trainer("megatron", tiny_llama_dir, LIGER, LossConfig(), device="cpu")
+
+
+def test_liger_not_installed_names_the_extra(tiny_llama_dir, monkeypatch):
+    from agentrl.trainers.fused_kernels import apply_liger_kernel
+
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
+    with pytest.raises(ConfigError, match=r"^--use-liger-kernel needs liger-kernel \(.*\): pip install 'agentrl\[kernels\]'$"):
+        apply_liger_kernel(torch.nn.Linear(1, 1), torch.device("cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_liger_kernels_keep_the_logprobs_and_train(tmp_path, kind):
+    model_dir = save_tiny_model(kind, tmp_path)
+    sequences = make_sequences(8, group=1)
+    plain = TorchTrainer(model_dir, TrainerConfig(bf16=True, lr=1e-4), LossConfig(), device="cuda")
+    fused = TorchTrainer(model_dir, TrainerConfig(bf16=True, lr=1e-4, use_liger_kernel=True), LossConfig(), device="cuda")
+    want, got = torch.cat(plain.logprobs(sequences)), torch.cat(fused.logprobs(sequences))
+    assert float((got - want).abs().mean()) < 2e-2
+    assert type(fused.model.get_decoder().layers[0].mlp).__name__ == "LigerSwiGLUMLP"
+    assert fused.train_rollout(sequences, 8)["train/grad_norm"] == pytest.approx(plain.train_rollout(sequences, 8)["train/grad_norm"], rel=5e-2)
