@@ -29,6 +29,14 @@ SYSTEM = (
     '<tool_call>{"name": "calculate", "arguments": {"expression": "1234 * 56"}}</tool_call>\n'
     "with the numbers of the question. You get the result back. Then reply with: The answer is RESULT."
 )
+EXAMPLE = [
+    {"role": "user", "content": "What is 4821 * 37?"},
+    {"role": "assistant", "content": '<tool_call>{"name": "calculate", "arguments": {"expression": "4821 * 37"}}</tool_call>'},
+    {"role": "tool", "content": "178377"},
+    {"role": "assistant", "content": "The answer is 178377."},
+]
+"""One worked exchange before the question: without it the 135M model never wrote a call
+(0 of 320 samples at temperature 0.8), so GRPO had nothing to reinforce."""
 OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
 NUMBER = re.compile(r"-?\d[\d,]*")
 
@@ -55,7 +63,7 @@ def _evaluate(node: ast.AST) -> int:
 async def run(client: Any, task: Task) -> dict[str, Any]:
     """One episode: the tool loop, then the reward (1 for the right number) and what happened."""
     tools = ToolSet([calculate], timeout_s=5)
-    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": str(task.prompt)}]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}, *EXAMPLE, {"role": "user", "content": str(task.prompt)}]
     calls = errors = 0
     text = ""
     for _ in range(MAX_TURNS):
