@@ -292,6 +292,7 @@ class TrainConfig(EpisodeConfig):
     distributed_timeout_minutes: int = opt(10, "Megatron: minutes each collective of its process groups may take", range=AT_LEAST_1)
     # --- evaluation
     eval_interval: int | None = opt(None, "evaluate every N steps (and at the start and end)", range=AT_LEAST_1)
+    skip_eval_before_train: bool = opt(False, "no evaluation at step 0 (with --eval-interval: only every N steps and at the end)")
     eval_prompt_data: list[str] = opt([], "NAME PATH pairs of eval datasets", nargs="+")
     n_samples_per_eval_prompt: int = opt(1, "samples per eval prompt", range=AT_LEAST_1)
     eval_temperature: float | None = opt(None, "eval sampling temperature, 0 for greedy (default: --rollout-temperature)", range=NON_NEGATIVE)

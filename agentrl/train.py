@@ -118,7 +118,7 @@ class _Run:
         pending: asyncio.Task[RolloutResult] | None = None
         for step in bar:
             self.step = step + 1
-            if cfg.eval_interval and step % cfg.eval_interval == 0:
+            if cfg.eval_interval and step % cfg.eval_interval == 0 and not (step == 0 and cfg.skip_eval_before_train):
                 await self.logger.alog(step, await self.evaluate(step))
             started = time.perf_counter()
             result = await (pending or self.rollouts.rollout(step))

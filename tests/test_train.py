@@ -57,6 +57,12 @@ def test_train_writes_what_a_user_sees(tiny_llama_dir, data, tmp_path, mode):
     assert any((out / "tensorboard").iterdir())
 
 
+def test_skip_eval_before_train_evaluates_every_interval_and_at_the_end_only(tiny_llama_dir, data, tmp_path):
+    out = tmp_path / "run"
+    train(load_config(args(tiny_llama_dir, data, out, "--num-rollout", "3", "--skip-eval-before-train", "--save-interval", "3")))
+    assert [r["step"] for r in records(out) if "eval/small/reward_mean" in r] == [2, 3]
+
+
 def test_a_run_killed_during_step_3_resumes_to_the_same_steps_3_and_4(tiny_llama_dir, data, tmp_path, monkeypatch):
     """SIGKILL, not a clean stop: the killed process gets no chance to save anything more."""
     full, part = tmp_path / "full", tmp_path / "part"

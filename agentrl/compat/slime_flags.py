@@ -122,7 +122,6 @@ NOTED: dict[str, tuple[int, str]] = {
     "--log-passrate": (0, "rewards per step are in metrics.jsonl"),
     "--log-correct-samples": (0, "rollout dumps hold every sample"),
     "--log-reward-category": (1, "env info keys are averaged as rollout/info/*"),
-    "--skip-eval-before-train": (0, "evaluation runs at step 0 and every --eval-interval steps"),
     "--sglang-server-concurrency": (1, "sets the generate functions' GenerateState semaphore; episodes in flight are --rollout-concurrency"),
     "--sglang-router-request-timeout-secs": (1, "requests through sglang-router are not timed out by agentrl"),
     "--rollout-health-check-interval": (1, "launched engines are health-checked by agentrl's fleet monitor"),
