@@ -1,52 +1,23 @@
-"""The configurations of ``agentrl train`` and ``agentrl rollout``: typed, validated records, from
-YAML and command-line flags.
-
-Flag names are slime's wherever slime has the concept (``--rollout-batch-size``,
-``--n-samples-per-prompt``, ``--eps-clip`` ...), so slime scripts carry over. A YAML file given
-with ``--config`` holds the same names (dashes or underscores); flags on the command line win
-over the file, which wins over the defaults. One YAML file serves both commands: each reads the
-keys it knows and leaves the other's (``agentrl rollout`` ignores ``lr``). Unknown names, values
-out of range and invalid combinations are refused when the config is read, with one line that
-names the flag (and suggests the closest one).
-
-Ranges are declared on the fields (``opt(..., range=Range(gt=0, le=1))``) and checked by one
-loop, with the choices and the finiteness of every float.
-
-Each component gets only its own part: :meth:`EpisodeConfig.rollout`, :meth:`TrainConfig.trainer`
-and :meth:`TrainConfig.loss` build the typed configs of the runner, the trainer and the loss.
-"""
+"""The config records: :class:`EpisodeConfig` (what ``agentrl train`` and ``agentrl rollout``
+share), :class:`RolloutCommandConfig` and :class:`TrainConfig`, each field with its flag's help
+text and range, and the typed configs of the components built from them."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
-import importlib.util
-import inspect
-import json
-import logging
-import math
 import os
-import types
 import typing
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import torch
-import yaml
-
-from agentrl.checkpoint import LATEST
-from agentrl.compat.slime_flags import SLIME_ROLLOUT_FUNCTION, log_notes, split_slime_flags
-from agentrl.data import split_row_slice, utf8_lines
+from agentrl.compat.slime_flags import SLIME_ROLLOUT_FUNCTION
+from agentrl.config.checks import batch_identity, check_field, resolve_bf16_setting, validate_episodes, validate_slime, validate_training
+from agentrl.config.fields import AT_LEAST_1, BETA, MEGATRON_FIELDS, NON_NEGATIVE, POSITIVE, Range, opt
 from agentrl.engines.backend import BackendConfig
-from agentrl.engines.flags import split_prefixed
-from agentrl.envs import registration
-from agentrl.envs.tool_calls import get_tool_parser
-from agentrl.errors import ConfigError, RegistryError
+from agentrl.errors import ConfigError
 from agentrl.launch.placement import PlacementConfig
-from agentrl.precision import AUTO, resolve_bf16
+from agentrl.precision import AUTO
 from agentrl.rollout.conversation import BridgeMode
 from agentrl.rollout.runner import RolloutConfig
 from agentrl.trainers.algorithms import ADVANTAGE_ESTIMATORS, KL_TYPES, LossConfig
@@ -54,54 +25,6 @@ from agentrl.trainers.base import TRAIN_BACKENDS
 from agentrl.trainers.lr_schedule import LR_DECAY_STYLES
 from agentrl.trainers.megatron.config import RECOMPUTE_GRANULARITIES, RECOMPUTE_METHODS, MegatronConfig
 from agentrl.trainers.torch_trainer import TrainerConfig
-
-
-@dataclass(frozen=True)
-class Range:
-    """The numbers a field allows: ``Range(gt=0, le=1)`` is (0, 1]; ``also`` lists values allowed
-    outside it (``-1`` for "all")."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    also: tuple[float, ...] = ()
-
-    def __contains__(self, x: float) -> bool:
-        inside = (self.ge is None or x >= self.ge) and (self.gt is None or x > self.gt)
-        return x in self.also or (inside and (self.le is None or x <= self.le) and (self.lt is None or x < self.lt))
-
-    def __str__(self) -> str:
-        low, high = self.ge if self.ge is not None else self.gt, self.le if self.le is not None else self.lt
-        if low is not None and high is not None:
-            text = f"in {'[' if self.ge is not None else '('}{low:g}, {high:g}{']' if self.le is not None else ')'}"
-        elif low is not None:
-            text = f"{'>=' if self.ge is not None else '>'} {low:g}"
-        else:
-            text = f"{'<=' if self.le is not None else '<'} {high:g}"
-        return text + "".join(f" (or {v:g})" for v in self.also)
-
-
-HINT_CUTOFF = 0.75
-"""How similar an unknown flag must be to a known one to be offered as "did you mean"."""
-
-AT_LEAST_1 = Range(ge=1)
-NON_NEGATIVE = Range(ge=0)
-POSITIVE = Range(gt=0)
-BETA = Range(ge=0, lt=1)
-
-
-_Config = typing.TypeVar("_Config", bound="EpisodeConfig")
-log = logging.getLogger(__name__)
-
-
-def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A config field with its help text (shown by ``--help``). Keywords: ``range`` (a
-    :class:`Range`, for a list each item), ``choices``, ``nargs``, ``cli=False`` (YAML only),
-    ``auto=True`` (a bool field that also takes ``auto``, which ``__post_init__`` resolves)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass(frozen=True)
@@ -148,14 +71,14 @@ class EpisodeConfig:
 
     def __post_init__(self) -> None:
         self._validate()
-        _resolve_bf16(self)  # last: its log line only for a config that loads
+        resolve_bf16_setting(self)  # last: its log line only for a config that loads
 
     def _validate(self) -> None:
         """Check the values (raising :class:`ConfigError`) and derive the unset ones; subclasses
         extend it."""
         for f in dataclasses.fields(self):
-            _check_field(f, getattr(self, f.name))
-        _validate_episodes(self)
+            check_field(f, getattr(self, f.name))
+        validate_episodes(self)
 
     def rollout(self) -> RolloutConfig:
         """The rollout runner's config."""
@@ -345,9 +268,9 @@ class TrainConfig(EpisodeConfig):
         super()._validate()
         if self.launcher == "auto":  # resolved once, when the config is read: a Ray job sets RAY_ADDRESS
             object.__setattr__(self, "launcher", "ray" if os.environ.get("RAY_ADDRESS") else "local")
-        _validate_slime(self)
-        _validate_training(self)
-        identity = _batch_identity(self)
+        validate_slime(self)
+        validate_training(self)
+        identity = batch_identity(self)
         object.__setattr__(self, "global_batch_size", identity[0])
         object.__setattr__(self, "num_steps_per_rollout", identity[1])
 
@@ -416,382 +339,3 @@ class TrainConfig(EpisodeConfig):
         """``--eval-prompt-data NAME PATH ...`` as a mapping."""
         pairs = self.eval_prompt_data
         return {pairs[i]: Path(pairs[i + 1]) for i in range(0, len(pairs), 2)}
-
-
-MEGATRON_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MegatronConfig))
-"""The fields of :class:`TrainConfig` that are the Megatron trainer's (Megatron-LM's flag names)."""
-
-
-# ---------------------------------------------------------------------- validation
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_field(f: dataclasses.Field[Any], value: Any) -> None:
-    """The field's choices, finiteness (floats) and range (numbers; each item of a list)."""
-    flag, choices, allowed = _flag(f.name), f.metadata.get("choices"), f.metadata.get("range")
-    for item in value if isinstance(value, list) else [] if value is None else [value]:
-        if choices is not None and item not in choices:
-            raise ConfigError(f"{flag} must be one of {', '.join(choices)}, got {item!r}")
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ConfigError(f"{flag} must be a finite number, got {item}")
-        if allowed is not None and isinstance(item, (int, float)) and not isinstance(item, bool) and item not in allowed:
-            raise ConfigError(f"{flag} must be {allowed}, got {item}")
-
-
-def _validate_episodes(cfg: EpisodeConfig) -> None:
-    if cfg.prompt_data is None:
-        raise ConfigError("--prompt-data is required: the tasks (.jsonl or .parquet)")
-    if not split_row_slice(cfg.prompt_data)[0].is_file():
-        raise ConfigError(f"--prompt-data {cfg.prompt_data}: no such file")
-    _check_device(cfg.device)
-    try:
-        get_tool_parser(cfg.tool_parser)
-    except ConfigError as e:
-        raise ConfigError(f"--tool-parser: {e}") from None
-    _check_env(cfg.env, cfg.env_kwargs, "--env-kwargs")
-
-
-def _check_device(device: str) -> None:
-    kind, _, index = device.partition(":")
-    if device == "cpu":
-        return
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise ConfigError(f"--device must be cpu or cuda[:N], got {device!r}")
-    if not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device here (torch.cuda.is_available() is False); use --device cpu")
-    if int(index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-
-
-def _resolve_bf16(cfg: EpisodeConfig) -> None:
-    """``--bf16 auto`` becomes a bool for ``--device``, once: the rest of the code sees only the bool."""
-    setting: Any = cfg.bf16  # a bool, or "auto" until resolved here
-    try:
-        choice = resolve_bf16(setting, cfg.device)
-    except ValueError as e:
-        raise ConfigError(f"--bf16 must be true, false or auto, got {setting!r}") from e
-    if setting == AUTO:
-        log.info("%s", choice.describe())  # info, not a warning: errors stay one line, and config.json records the choice
-        object.__setattr__(cfg, "bf16", choice.enabled)
-
-
-def _check_env(env_id: str, kwargs: dict[str, Any], flag: str) -> None:
-    """``env_id`` is registered and its entry point takes ``kwargs`` (checked against its
-    signature; nothing is built). Imports the env's module."""
-    try:
-        spec = registration.spec(env_id).resolve()
-        creator = spec.load()
-    except RegistryError as e:
-        raise ConfigError(f"--env {env_id}: {e}") from None
-    try:
-        signature = inspect.signature(creator)
-    except (TypeError, ValueError):  # a callable without a signature: nothing to check against
-        return
-    try:
-        signature.bind(**{**spec.kwargs, **kwargs})
-    except TypeError as e:
-        raise ConfigError(f"{flag} {json.dumps(kwargs)}: env {env_id!r} does not take them ({e})") from None
-
-
-def _validate_launch(cfg: TrainConfig) -> None:
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    ray_only = [f for f in ("actor_num_nodes", "actor_num_gpus_per_node", "rollout_num_gpus", "colocate") if getattr(cfg, f) != defaults[f]]
-    if cfg.launcher == "local":
-        if ray_only:
-            raise ConfigError(f"{', '.join(map(_flag, ray_only))} place trainer ranks and engines on a Ray cluster: add --launcher ray "
-                              "(or run as a Ray job); the local launcher runs one trainer and --rollout-num-engines engines")
-        return
-    if cfg.rollout_num_engines:
-        raise ConfigError("--rollout-num-engines is the local launcher's; with --launcher ray engines come from --rollout-num-gpus "
-                          "and --rollout-num-gpus-per-engine (or --colocate)")
-    if cfg.placement().num_engines == 0 and not cfg.rollout_engine_urls:
-        raise ConfigError("--launcher ray needs engines: --rollout-num-gpus N (with --rollout-num-gpus-per-engine), --colocate, "
-                          "or --rollout-engine-urls URL ...")
-
-
-def _validate_backend(cfg: TrainConfig) -> None:
-    """Megatron's flags only with ``--train-backend megatron``, which needs Megatron-Core and
-    (for now) runs one trainer rank."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    changed = [name for name in MEGATRON_FIELDS if getattr(cfg, name) != defaults[name]]
-    if cfg.train_backend == "torch" and changed:
-        raise ConfigError(f"{', '.join(_flag(n) for n in changed)}: Megatron-LM's setting{'s' if len(changed) > 1 else ''}, "
-                          "which the torch trainer does not read: add --train-backend megatron")
-    if cfg.train_backend == "megatron" and not _importable("megatron.core"):
-        raise ConfigError("--train-backend megatron needs Megatron-Core, which is not installed: pip install 'agentrl[megatron]'")
-    parallel = cfg.megatron()  # its own checks: context parallelism, sequence parallelism, recomputation
-    if parallel is None:
-        return
-    ranks = cfg.placement().trainer_ranks if cfg.launcher == "ray" else 1
-    if ranks > 1:
-        raise ConfigError(f"--train-backend megatron runs one trainer rank for now, and --actor-num-nodes x --actor-num-gpus-per-node "
-                          f"ask for {ranks}: pass --actor-num-gpus-per-node 1, or --train-backend torch for data-parallel ranks")
-    if parallel.model_parallel_size > 1:
-        raise ConfigError(f"--tensor-model-parallel-size {parallel.tensor_model_parallel_size} x --pipeline-model-parallel-size "
-                          f"{parallel.pipeline_model_parallel_size} needs {parallel.model_parallel_size} trainer ranks; "
-                          "--train-backend megatron runs one for now: pass 1")
-    if parallel.use_distributed_optimizer:
-        raise ConfigError("--use-distributed-optimizer shards the optimizer state across data-parallel ranks; "
-                          "--train-backend megatron runs one trainer rank for now, with nothing to shard: drop it")
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a missing parent package; a module blocked in sys.modules
-        return False
-
-
-def _validate_training(cfg: TrainConfig) -> None:
-    _validate_launch(cfg)
-    _validate_backend(cfg)
-    if cfg.router_args and not cfg.backend().remote:
-        raise ConfigError("--router-* options need engines: --rollout-num-engines N or --rollout-engine-urls URL ...")
-    if cfg.use_dynamic_batch_size and not cfg.max_tokens_per_gpu:
-        raise ConfigError("--use-dynamic-batch-size needs --max-tokens-per-gpu")
-    if cfg.kl_loss_coef != 0 and not cfg.use_kl_loss:
-        raise ConfigError("--kl-loss-coef is set but --use-kl-loss is not")
-    for low, high in (("tis_clip_low", "tis_clip"), ("min_lr", "lr")):
-        if getattr(cfg, low) > getattr(cfg, high):
-            raise ConfigError(f"{_flag(low)} {getattr(cfg, low)} must be <= {_flag(high)} {getattr(cfg, high)}")
-    _validate_eval(cfg)
-    _validate_sampling(cfg)
-    _validate_paths(cfg)
-
-
-def _validate_eval(cfg: TrainConfig) -> None:
-    if len(cfg.eval_prompt_data) % 2:
-        raise ConfigError("--eval-prompt-data takes NAME PATH pairs, e.g. --eval-prompt-data math_eval eval.jsonl")
-    for name, path in cfg.eval_datasets().items():
-        if not split_row_slice(path)[0].is_file():
-            raise ConfigError(f"--eval-prompt-data {name}: no such file {path}")
-        _check_env(cfg.env, cfg.env_kwargs_for(name), f"env kwargs of eval dataset {name}")
-    for name in cfg.eval_dataset_env_kwargs:
-        if name not in cfg.eval_datasets():
-            raise ConfigError(f"eval_dataset_env_kwargs: {name!r} is not an --eval-prompt-data name ({', '.join(cfg.eval_datasets()) or 'none given'})")
-    if cfg.eval_interval is not None and not cfg.eval_prompt_data:
-        raise ConfigError("--eval-interval needs --eval-prompt-data")
-
-
-def _validate_sampling(cfg: TrainConfig) -> None:
-    if cfg.over_sampling_batch_size is not None and cfg.over_sampling_batch_size < cfg.rollout_batch_size:
-        raise ConfigError(f"--over-sampling-batch-size {cfg.over_sampling_batch_size} must be >= --rollout-batch-size {cfg.rollout_batch_size}")
-    for flag in ("buffer_filter_path", "mask_offpolicy_in_partial_rollout"):
-        if getattr(cfg, flag) and not cfg.partial_rollout:
-            raise ConfigError(f"{_flag(flag)} needs --partial-rollout")
-    if cfg.dynamic_sampling_filter_path and cfg.n_samples_per_prompt < 2:
-        raise ConfigError("--dynamic-sampling-filter-path needs --n-samples-per-prompt >= 2 (a group of one has no reward spread)")
-    sampling = cfg.over_sampling_batch_size is not None or cfg.dynamic_sampling_filter_path or cfg.partial_rollout
-    if sampling and cfg.custom_generate_function_path:
-        raise ConfigError("--over-sampling-batch-size, --dynamic-sampling-filter-path and --partial-rollout do not work with --custom-generate-function-path")
-
-
-def _validate_paths(cfg: TrainConfig) -> None:
-    for name in ("output_dir", "save"):
-        path = getattr(cfg, name)
-        if path is not None and Path(path).exists() and not Path(path).is_dir():
-            raise ConfigError(f"{_flag(name)} {path}: a file is there; expected a directory")
-    if cfg.load is not None and not Path(cfg.load).is_dir():
-        raise ConfigError(f"--load {cfg.load}: no such checkpoint directory")
-
-
-def _batch_identity(cfg: TrainConfig) -> tuple[int, int]:
-    """``rollout_batch_size x n_samples_per_prompt = global_batch_size x num_steps_per_rollout``,
-    with the missing side derived as slime does. Returns ``(global_batch_size, num_steps)``."""
-    samples = cfg.rollout_batch_size * cfg.n_samples_per_prompt
-    where = f"--rollout-batch-size {cfg.rollout_batch_size} x --n-samples-per-prompt {cfg.n_samples_per_prompt} = {samples} samples"
-    if cfg.num_steps_per_rollout is not None:
-        steps = cfg.num_steps_per_rollout
-        if samples % steps:
-            raise ConfigError(f"{where} do not split into --num-steps-per-rollout {steps} equal steps")
-        if cfg.global_batch_size is not None and cfg.global_batch_size * steps != samples:
-            raise ConfigError(f"--global-batch-size {cfg.global_batch_size} x --num-steps-per-rollout {steps} must equal {where}")
-        return samples // steps, steps
-    gbs = cfg.global_batch_size or samples
-    if samples % gbs:
-        raise ConfigError(f"{where} are not a multiple of --global-batch-size {gbs}")
-    return gbs, samples // gbs
-
-
-# ---------------------------------------------------------------------- slime compatibility
-def _validate_slime(cfg: TrainConfig) -> None:
-    """slime's flags: refuse what agentrl cannot honour, apply slime's ``--load`` fallback, log
-    the notes of flags accepted without an effect."""
-    if cfg.rollout_function_path != SLIME_ROLLOUT_FUNCTION:
-        raise ConfigError(f"--rollout-function-path {cfg.rollout_function_path}: a custom rollout loop would replace agentrl's; "
-                          "customise episodes with --custom-generate-function-path (per sample) or --env")
-    if cfg.kl_coef != 0:
-        raise ConfigError(f"--kl-coef {cfg.kl_coef}: KL reward shaping is not implemented; use --use-kl-loss --kl-loss-coef {cfg.kl_coef}")
-    if cfg.rollout_max_prompt_len is not None and cfg.rollout_max_context_len is not None and cfg.rollout_max_prompt_len >= cfg.rollout_max_context_len:
-        raise ConfigError(f"--rollout-max-prompt-len {cfg.rollout_max_prompt_len} must be below --rollout-max-context-len {cfg.rollout_max_context_len}")
-    if cfg.use_wandb and importlib.util.find_spec("wandb") is None:
-        raise ConfigError("--use-wandb needs the wandb package: pip install 'agentrl[wandb]'")
-    if cfg.ref_load is not None and cfg.load is not None and not _holds_checkpoint(Path(cfg.load)):
-        log.warning("--load %s holds no checkpoint: starting from --hf-checkpoint (slime's fallback to --ref-load)", cfg.load)
-        object.__setattr__(cfg, "load", None)
-    embedded = cfg.launcher == "local" and not cfg.rollout_num_engines and not cfg.rollout_engine_urls
-    log_notes(cfg.slime_args, cfg.sglang_args, embedded=embedded)
-
-
-def _holds_checkpoint(root: Path) -> bool:
-    return (root / LATEST).is_file() or (root.is_dir() and any(p.is_dir() and p.name.startswith("step_") for p in root.iterdir()))
-
-
-# ---------------------------------------------------------------------- loading
-class FlagParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one :class:`ConfigError` line (with "did you mean"
-    for an unknown flag) instead of a usage message."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        if "unrecognized arguments" in message:
-            unknown = [a for a in message.split(":", 1)[1].split() if a.startswith("--")]
-            hints = [f"{a} (did you mean {m[0]}?)" for a in unknown if (m := difflib.get_close_matches(a, self._flags(), n=1, cutoff=HINT_CUTOFF))]
-            if hints:
-                message = f"unrecognized arguments: {', '.join(hints)}"
-        raise ConfigError(message)
-
-    def _flags(self) -> list[str]:
-        return [s for a in self._actions for s in a.option_strings]
-
-
-def json_object(text: str) -> dict[str, Any]:
-    """An argparse type: a JSON object such as ``'{"topk": 3}'``."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at column {e.colno}); expected an object such as '{{\"key\": 1}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"key\": 1}}', got {type(value).__name__}")
-    return value
-
-
-def auto_bool(text: str) -> bool | str:
-    """An argparse type: ``true``, ``false`` or ``auto`` (any case)."""
-    values: dict[str, bool | str] = {"true": True, "false": False, AUTO: AUTO}
-    value = values.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true, false or auto, got {text!r}")
-    return value
-
-
-def build_parser(prog: str = "agentrl train", config_class: type[EpisodeConfig] = TrainConfig) -> argparse.ArgumentParser:
-    """An argparse parser with one ``--flag`` per field of ``config_class`` (defaults unset, so
-    only flags given on the command line override the YAML file)."""
-    description = (config_class.__doc__ or "").split("\n\n")[0].replace("\n", " ")
-    parser = FlagParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", type=Path, help="YAML file with the same keys as the flags (agentrl train and rollout read the same file)")
-    hints = typing.get_type_hints(config_class)
-    for f in dataclasses.fields(config_class):
-        if not f.metadata.get("cli", True):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # MISSING excluded above
-        allowed = f" (range: {f.metadata['range']})" if "range" in f.metadata else ""
-        kw: dict[str, Any] = {"help": f"{f.metadata['help']} (default: {default}){allowed}"}
-        if f.metadata.get("auto"):  # --flag [true|false|auto] (alone: true) and --no-flag
-            parser.add_argument(_flag(f.name), nargs="?", const=True, type=auto_bool, metavar="true|false|auto", **kw)
-            parser.add_argument(_flag("no_" + f.name), dest=f.name, action="store_const", const=False, help=f"same as {_flag(f.name)} false")
-        elif hints[f.name] is bool:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
-        else:
-            kind = json_object if typing.get_origin(hints[f.name]) is dict else _scalar_type(hints[f.name])
-            parser.add_argument(_flag(f.name), type=kind, choices=f.metadata.get("choices"), nargs=f.metadata.get("nargs"), **kw)
-    return parser
-
-
-def load_config(argv: Sequence[str]) -> TrainConfig:
-    """``agentrl train``'s config: defaults, then the ``--config`` YAML file, then flags.
-
-    Raises:
-        ConfigError: an unknown key or flag, a bad value, or a broken batch identity.
-    """
-    return _load(TrainConfig, argv, "agentrl train")
-
-
-def load_rollout_config(argv: Sequence[str]) -> RolloutCommandConfig:
-    """``agentrl rollout``'s config, read like :func:`load_config` (from the same YAML file)."""
-    return _load(RolloutCommandConfig, argv, "agentrl rollout")
-
-
-def _load(config_class: type[_Config], argv: Sequence[str], prog: str) -> _Config:
-    passed_through = {}
-    if config_class is TrainConfig:  # slime's flags agentrl notes or refuses, before --sglang-* is read as SGLang's
-        passed_through["slime_args"], argv = split_slime_flags(argv, {_flag(f.name) for f in dataclasses.fields(TrainConfig)})
-    for prefix in ("sglang", "router") if config_class is TrainConfig else ():
-        passed_through[f"{prefix}_args"], argv = split_prefixed(argv, prefix)
-    args = vars(build_parser(prog, config_class).parse_args(list(argv)))
-    config_file = args.pop("config", None)
-    values = _read_yaml(config_file, config_class) if config_file is not None else {}
-    hints, auto = typing.get_type_hints(config_class), _auto_fields(config_class)
-    values.update({name: _coerce(value, hints[name], _flag(name), auto=name in auto) for name, value in args.items()})
-    for key, options in passed_through.items():
-        if options:
-            values[key] = {**values.get(key, {}), **options}
-    return config_class(**values)
-
-
-def _read_yaml(path: Path, config_class: type[EpisodeConfig]) -> dict[str, Any]:
-    """The values of ``config_class``'s fields in a YAML file; keys of the other command are skipped."""
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    try:
-        raw = yaml.safe_load("".join(line for _, line in utf8_lines(path, ConfigError))) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of flag names to values")
-    known = {f.name for cls in (TrainConfig, RolloutCommandConfig) for f in dataclasses.fields(cls)}
-    own = {f.name for f in dataclasses.fields(config_class)}
-    hints, auto = typing.get_type_hints(config_class), _auto_fields(config_class)
-    values = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            raise ConfigError(f"{path}: unknown key {key!r}" + (f"; did you mean {close[0].replace('_', '-')!r}?" if close else ""))
-        if name in own:
-            values[name] = _coerce(value, hints[name], f"{path}: {key}", auto=name in auto)
-    return values
-
-
-def _scalar_type(hint: Any) -> type:
-    """The type argparse converts with: ``int`` for ``int | None`` and ``list[int]``."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) in (typing.Union, list):
-        return _scalar_type(args[0])
-    return cast(type, hint)
-
-
-def _auto_fields(config_class: type[EpisodeConfig]) -> set[str]:
-    """The bool fields that also take ``auto`` (``opt(..., auto=True)``)."""
-    return {f.name for f in dataclasses.fields(config_class) if f.metadata.get("auto")}
-
-
-def _coerce(value: Any, hint: Any, where: str, *, auto: bool = False) -> Any:
-    """A YAML value checked against the field's type (lists and mappings item by item); an int
-    or a string such as ``1e-6`` (which YAML reads as a string) becomes a float where one is due.
-    With ``auto`` (a bool field that also takes it) the string ``auto`` passes too."""
-    if auto:
-        if isinstance(value, bool) or value == AUTO:
-            return value
-        raise ConfigError(f"{where} must be true, false or auto, got {value!r}")
-    origin = typing.get_origin(hint)
-    if value is None or hint is Any:
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list of {_scalar_type(hint).__name__}, got {value!r}")
-        return [_coerce(item, typing.get_args(hint)[0], f"{where}[{i}]") for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return {k: _coerce(v, typing.get_args(hint)[1], f"{where}[{k}]") for k, v in value.items()}
-    kind = _scalar_type(hint)
-    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")
-    return value
