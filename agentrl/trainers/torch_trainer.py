@@ -36,6 +36,7 @@ from transformers import AutoModelForCausalLM
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
 from agentrl.trainers.fused_kernels import apply_liger_kernel
+from agentrl.trainers.host_memory import release_freed_memory
 from agentrl.trainers.logprobs import PackedDecoder, chosen_logprobs
 from agentrl.trainers.lr_schedule import LrDecayStyle, learning_rate
 from agentrl.trainers.packed_attention import PACKED_ATTENTION
@@ -147,6 +148,8 @@ class TorchTrainer:
             for k, v in step_metrics.items():
                 totals[k] += v / steps
         totals["train/optimizer_steps"] = steps
+        if self.device.type == "cpu":  # activations freed by the step stay resident otherwise (see host_memory)
+            release_freed_memory()
         return dict(totals)
 
     def _optimizer_step(self, sequences: list[TrainSequence], *, old: list[Tensor] | None, ref: list[Tensor] | None) -> dict[str, float]:

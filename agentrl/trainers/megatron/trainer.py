@@ -41,6 +41,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from agentrl.errors import ConfigError, TrainingError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
+from agentrl.trainers.host_memory import release_freed_memory
 from agentrl.trainers.lr_schedule import learning_rate
 from agentrl.trainers.megatron import checkpoint, parallel
 from agentrl.trainers.megatron.config import MegatronConfig
@@ -165,6 +166,8 @@ class MegatronTrainer:
             for k, v in metrics.items():
                 totals[k] += v / steps
         totals["train/optimizer_steps"] = steps
+        if self.device.type == "cpu":  # activations freed by the step stay resident otherwise (see host_memory)
+            release_freed_memory()
         return dict(totals)
 
     def accumulate_gradients(self, sequences: Sequence[TrainSequence], *, old: list[Tensor] | None = None,
