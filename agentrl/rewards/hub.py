@@ -131,7 +131,8 @@ class SlimeReward:
         return await self.score(self.args if args is None else args, samples)  # type: ignore[arg-type]  # slime's batch form
 
     async def __call__(self, x: RewardInput) -> float:
-        sample = Sample(prompt=x.prompt, response=x.response, label=x.label, metadata=dict(x.metadata), status=Sample.Status.COMPLETED)
+        sample = Sample(prompt=x.prompt, response=x.response, label=x.label, metadata=dict(x.metadata), group_index=x.task_index,
+                        status=Sample.Status.COMPLETED)
         raw = await self.score_sample(sample)
         key = self.args.get("reward_key") if isinstance(self.args, dict) else getattr(self.args, "reward_key", None)
         return reward_value(raw, key, source=self.source)
@@ -163,6 +164,6 @@ class RewardOverride(Wrapper):
         if not (result.terminated or result.truncated):
             return result._replace(reward=0.0)
         assert self._task is not None, "reset before step"
-        x = RewardInput(self._prompt, "\n".join(self._turns), self._task.label, self._task.metadata)
+        x = RewardInput(self._prompt, "\n".join(self._turns), self._task.label, self._task.metadata, self._task.index)
         reward = await self.reward_fn(x)
         return result._replace(reward=reward, info={**result.info, "env_reward": result.reward})

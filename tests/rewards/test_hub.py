@@ -71,6 +71,15 @@ async def test_custom_rm_path_takes_slime_signature(tmp_path, monkeypatch):
     sys.modules.pop("my_rm", None)
 
 
+async def test_a_slime_reward_on_the_env_path_sees_the_task_index_as_the_group_index(tmp_path, monkeypatch):
+    (tmp_path / "index_rm.py").write_text("async def reward(args, sample, **kwargs):\n    return float(sample.group_index)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = RewardOverride(MathEnv(), make_reward_fn(custom_rm_path="index_rm:reward"))
+    await env.reset(Task("What is 2 + 3?", label="5", index=7))
+    assert (await env.step(Action("\\boxed{5}"))).reward == 7.0
+    sys.modules.pop("index_rm", None)
+
+
 async def test_reward_override_replaces_the_env_reward_at_the_end():
     async def always_half(x: RewardInput) -> float:
         assert x.label == "5" and "2 + 3" in x.prompt and x.response == "\\boxed{5}"
