@@ -7,6 +7,8 @@ for every contender. Contenders (``--backends``):
 * ``torch``: agentrl's PyTorch backend: packed micro-batches of at most ``--max-tokens`` tokens
   (no padding, varlen flash attention), bf16 autocast over fp32 master weights, fused AdamW;
 * ``torch+liger``: the same with ``--use-liger-kernel`` (liger-kernel's fused RMSNorm, SwiGLU, RoPE);
+* ``torch+compile``, ``torch+liger+compile``: with ``--torch-compile`` (each decoder layer compiled;
+  the warm-up step pays the compilation);
 * ``megatron``: agentrl's Megatron-Core backend, same packing, bf16 parameters with fp32 masters
   in Megatron's optimizer (PyTorch AdamW: no Apex or Transformer Engine here);
 * ``hf``: plain transformers, the same sequences padded into batches of at most
@@ -17,7 +19,7 @@ real (unpadded) tokens. Also reported: the mean absolute difference between each
 log-probs and the ``torch`` backend's on the same sequences before training (bf16). Prints a table
 and, last, one JSON line.
 
-    python bench/trainer_gpu.py [--backends torch torch+liger megatron hf] [--steps 4] [--tokens-per-step 65536]
+    python bench/trainer_gpu.py [--backends torch torch+liger torch+compile megatron hf ...] [--steps 4] [--tokens-per-step 65536]
                                 [--max-tokens 16384] [--profile]
 
 ``--profile`` adds, for each contender, a table of the CUDA kernels of one more step.
@@ -41,7 +43,7 @@ from agentrl.trainers.build import build_trainer
 from agentrl.trainers.packed_attention import varlen_available
 from agentrl.trainers.torch_trainer import TrainerConfig
 
-BACKENDS = ("torch", "torch+liger", "megatron", "hf")
+BACKENDS = ("torch", "torch+liger", "torch+compile", "torch+liger+compile", "megatron", "hf")
 PEAK_BF16 = 989e12  # H100 SXM dense bf16
 QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)
@@ -75,7 +77,8 @@ def timed(fn) -> float:
 
 def run_agentrl(backend: str, model_dir: str, batches: list[list[TrainSequence]], max_tokens: int, profile: bool = False) -> tuple[list[dict[str, float]], torch.Tensor]:
     """Steps of one agentrl backend, and its log-probs of the first batch before training."""
-    cfg = TrainerConfig(bf16=True, lr=1e-6, use_dynamic_batch_size=True, max_tokens_per_gpu=max_tokens, use_liger_kernel=backend == "torch+liger")
+    cfg = TrainerConfig(bf16=True, lr=1e-6, use_dynamic_batch_size=True, max_tokens_per_gpu=max_tokens, use_liger_kernel="+liger" in backend,
+                        torch_compile="+compile" in backend)
     trainer = build_trainer(backend.split("+")[0], model_dir, cfg, LossConfig(), device="cuda")
     logprobs = torch.cat(trainer.logprobs(batches[0]))
     rows = []

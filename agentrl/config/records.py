@@ -191,6 +191,7 @@ class TrainConfig(EpisodeConfig):
     use_dynamic_batch_size: bool = opt(False, "pack micro-batches by token budget")
     max_tokens_per_gpu: int | None = opt(None, "token budget of a micro-batch", range=AT_LEAST_1)
     train_async: bool = opt(False, "one-step-asynchronous: the next rollout overlaps this step's training")
+    torch_compile: bool = opt(False, "torch backend: compile each decoder layer with torch.compile (fewer, fused kernels)")
     use_liger_kernel: bool = opt(False, "torch backend on CUDA: liger-kernel's fused RMSNorm, SwiGLU and rotary kernels "
                                         "(pip install 'agentrl[kernels]')")
     # --- training backend (slime's --train-backend), and Megatron-LM's own flags for the Megatron trainer
@@ -311,7 +312,7 @@ class TrainConfig(EpisodeConfig):
             clip_grad=self.clip_grad, num_steps_per_rollout=self.num_steps_per_rollout or 1, micro_batch_size=self.micro_batch_size,
             use_dynamic_batch_size=self.use_dynamic_batch_size, max_tokens_per_gpu=self.max_tokens_per_gpu,
             bf16=self.bf16, temperature=self.rollout_temperature, calculate_per_token_loss=self.calculate_per_token_loss,
-            use_liger_kernel=self.use_liger_kernel,
+            use_liger_kernel=self.use_liger_kernel, torch_compile=self.torch_compile,
         )
 
     def megatron(self) -> MegatronConfig | None:

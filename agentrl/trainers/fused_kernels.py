@@ -1,4 +1,5 @@
-"""Fused kernels for the PyTorch backend from liger-kernel (``--use-liger-kernel``).
+"""Fused kernels for the PyTorch backend: liger-kernel's (``--use-liger-kernel``) and
+``torch.compile``'s (``--torch-compile``).
 
 Liger's Triton kernels replace a Hugging Face model's RMSNorm, SwiGLU MLP and rotary embedding:
 one kernel each instead of the several elementwise kernels (fp32 casts, ``pow``, ``mean``,
@@ -8,6 +9,11 @@ cross-entropy gives neither entropies nor per-token gradients.
 
 Liger patches the model instance and, as liger does, its family's ``transformers`` modeling module
 for the rest of the process (the rotary function is module-level). It runs on CUDA only.
+
+``torch.compile`` of each decoder layer fuses what liger does not (residual adds, casts, the
+projections' epilogues) and, on GPUs where the trainer is bound by launching ~30,000 kernels a
+step from Python (docs/benchmarks.md), cuts the host time per layer. The packed attention stays
+eager where it breaks the graph.
 """
 
 from __future__ import annotations
@@ -36,3 +42,17 @@ def apply_liger_kernel(model: nn.Module, device: torch.device) -> None:
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         raise ConfigError(f"--use-liger-kernel: liger-kernel has no kernels for model_type {model_type!r}")
     _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+
+
+def compile_decoder_layers(model: nn.Module) -> None:
+    """Compile every decoder layer of a Hugging Face causal LM in place (``torch.compile``, dynamic
+    shapes: packed micro-batches vary in length).
+
+    Raises:
+        ConfigError: a model whose decoder has no ``layers`` list.
+    """
+    layers = getattr(model.get_decoder(), "layers", None)  # type: ignore[operator]  # an HF model's method
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(f"--torch-compile compiles the decoder's layers; {type(model).__name__} has no decoder.layers")
+    for layer in layers:
+        layer.compile(dynamic=True)

@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM
 
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
-from agentrl.trainers.fused_kernels import apply_liger_kernel
+from agentrl.trainers.fused_kernels import apply_liger_kernel, compile_decoder_layers
 from agentrl.trainers.host_memory import release_freed_memory
 from agentrl.trainers.logprobs import PackedDecoder, chosen_logprobs
 from agentrl.trainers.lr_schedule import LrDecayStyle, learning_rate
@@ -61,6 +61,8 @@ class TrainerConfig:
         gradient_checkpointing: recompute activations in backward (less memory, more time).
         use_liger_kernel: liger-kernel's fused RMSNorm, SwiGLU and rotary kernels (CUDA; see
             :mod:`agentrl.trainers.fused_kernels`).
+        torch_compile: compile each decoder layer with ``torch.compile`` (dynamic shapes): fewer,
+            fused kernels and less host time per layer; the first micro-batches pay the compilation.
         calculate_per_token_loss: reduce the loss as a mean over every trained token of the step
             instead of the mean over samples of each sample's token mean.
     """
@@ -84,6 +86,7 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     calculate_per_token_loss: bool = False
     use_liger_kernel: bool = False
+    torch_compile: bool = False
 
     def __post_init__(self) -> None:
         if self.num_steps_per_rollout < 1:
@@ -109,6 +112,8 @@ class TorchTrainer:
         self.model.to(self.device)  # type: ignore[arg-type]  # transformers types .to's self oddly
         if config.use_liger_kernel:
             apply_liger_kernel(self.model, self.device)
+        if config.torch_compile:
+            compile_decoder_layers(self.model)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = _frozen_copy(self.model) if loss.use_kl_loss else None

@@ -1,8 +1,10 @@
 """``--use-liger-kernel``: refused with a reason where it cannot run (CPU, Megatron, no liger-kernel),
-and on a GPU (marked ``gpu``, skipped on CI) the same log-probs and a working step with liger's kernels."""
+and on a GPU (marked ``gpu``, skipped on CI) the same log-probs and a working step with liger's kernels.
+``--torch-compile``: the compiled layers train the same step as the eager ones (CPU, inductor)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -23,8 +25,34 @@ def test_liger_on_a_cpu_is_refused_naming_the_device(tiny_llama_dir):
 
 
 def test_liger_with_the_megatron_backend_is_refused(tiny_llama_dir):
-    with pytest.raises(ConfigError, match=r"^--use-liger-kernel is for --train-backend torch"):
+    with pytest.raises(ConfigError, match=r"^--use-liger-kernel and --torch-compile are for --train-backend torch"):
         build_trainer("megatron", tiny_llama_dir, LIGER, LossConfig(), device="cpu")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # both raised inside dynamo's tracing
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
+def test_compiled_decoder_layers_train_the_same_step_as_eager_ones(tiny_model_dir):
+    sequences = make_sequences(8, group=2)
+    config = TrainerConfig(bf16=False, use_dynamic_batch_size=True, max_tokens_per_gpu=256)
+    eager = TorchTrainer(tiny_model_dir, config, LossConfig(), device="cpu")
+    compiled = TorchTrainer(tiny_model_dir, dataclasses.replace(config, torch_compile=True), LossConfig(), device="cpu")
+    assert compiled.model.get_decoder().layers[0]._compiled_call_impl is not None  # nn.Module.compile's mark
+    want, got = eager.accumulate_gradients(sequences), compiled.accumulate_gradients(sequences)
+    assert got["train/pg_loss"] == pytest.approx(want["train/pg_loss"], rel=1e-5, abs=1e-7)
+    grads = {name: p.grad for name, p in compiled.model.named_parameters()}
+    for name, p in eager.model.named_parameters():
+        assert float((grads[name] - p.grad).norm() / p.grad.norm()) < 1e-4, name
+
+
+def test_torch_compile_of_a_model_without_decoder_layers_is_refused():
+    from agentrl.trainers.fused_kernels import compile_decoder_layers
+
+    class NoLayers(torch.nn.Module):
+        def get_decoder(self):
+            return torch.nn.Linear(1, 1)
+
+    with pytest.raises(ConfigError, match=r"^--torch-compile compiles the decoder's layers; NoLayers has no decoder.layers$"):
+        compile_decoder_layers(NoLayers())
 
 
 def test_liger_not_installed_names_the_extra(tiny_llama_dir, monkeypatch):

@@ -93,8 +93,9 @@ class MegatronTrainer:
 
     def __init__(self, model_dir: str | Path, config: TrainerConfig, loss: LossConfig, *, device: str | torch.device = "cpu",
                  parallel: MegatronConfig | None = None, seed: int = 0) -> None:
-        if config.use_liger_kernel:
-            raise ConfigError("--use-liger-kernel is for --train-backend torch; the Megatron backend fuses its SwiGLU itself on CUDA")
+        if config.use_liger_kernel or config.torch_compile:
+            raise ConfigError("--use-liger-kernel and --torch-compile are for --train-backend torch; the Megatron backend fuses its SwiGLU "
+                              "itself on CUDA")
         self.config, self.loss = config, loss
         self.device = torch.device(device)
         self.parallel = (parallel or MegatronConfig()).with_recompute(config.gradient_checkpointing)
