@@ -163,11 +163,11 @@ def _math_attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout, sc
 
 def varlen_available() -> bool:
     """Whether this PyTorch has :func:`torch.nn.attention.varlen.varlen_attn` and a CUDA device."""
-    return _varlen() is not None and torch.cuda.is_available()
+    return _VARLEN is not None and torch.cuda.is_available()
 
 
 def _can_use_varlen(query: Tensor, dropout: float, scaling: float | None) -> bool:
-    found = _varlen()
+    found = _VARLEN
     if found is None or not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16) or dropout:
         return False
     default_scale = scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-9
@@ -175,7 +175,7 @@ def _can_use_varlen(query: Tensor, dropout: float, scaling: float | None) -> boo
 
 
 def _varlen_attention(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max_len: int, scaling: float | None) -> Tensor:
-    varlen, params = _varlen()  # type: ignore[misc]
+    varlen, params = _VARLEN  # type: ignore[misc]
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
     options: dict[str, Any] = {"scale": scaling} if "scale" in params else {}
     if "window_size" in params:  # torch >= 2.11: causal is a (-1, 0) window
@@ -191,14 +191,17 @@ def _varlen_attention(query: Tensor, key: Tensor, value: Tensor, cu: Tensor, max
     return cast(Tensor, out).unsqueeze(0)  # [1, T, H, D]
 
 
-@functools.cache
-def _varlen() -> tuple[Any, frozenset[str]] | None:
+def _find_varlen() -> tuple[Any, frozenset[str]] | None:
     """PyTorch's variable-length flash attention and its keyword names, or None where absent."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+_VARLEN = _find_varlen()
+"""Looked up once at import (a constant, which ``torch.compile`` traces through without a cache wrapper)."""
 
 
 AttentionInterface.register(PACKED_ATTENTION, packed_attention)

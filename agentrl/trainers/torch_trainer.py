@@ -112,11 +112,13 @@ class TorchTrainer:
         self.model.to(self.device)  # type: ignore[arg-type]  # transformers types .to's self oddly
         if config.use_liger_kernel:
             apply_liger_kernel(self.model, self.device)
-        if config.torch_compile:
-            compile_decoder_layers(self.model)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = _frozen_copy(self.model) if loss.use_kl_loss else None
+        if config.torch_compile:  # after the copy: a copied compiled layer would still call the original's forward
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    compile_decoder_layers(model)
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.decoder = PackedDecoder(self.model)
         self.optimizer = torch.optim.AdamW(

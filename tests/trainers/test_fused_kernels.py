@@ -44,6 +44,19 @@ def test_compiled_decoder_layers_train_the_same_step_as_eager_ones(tiny_model_di
         assert float((grads[name] - p.grad).norm() / p.grad.norm()) < 1e-4, name
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
+def test_a_compiled_trainers_reference_model_keeps_the_initial_weights(tiny_model_dir):
+    sequences = make_sequences(4, group=2)
+    kl = LossConfig(use_kl_loss=True, kl_loss_coef=0.1)
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, lr=1e-2, torch_compile=True), kl, device="cpu")
+    initial = torch.cat(trainer.logprobs(sequences))
+    trainer.train_rollout(sequences, 4)
+    assert not torch.allclose(torch.cat(trainer.logprobs(sequences)), initial, atol=1e-4)  # the policy moved
+    assert trainer.ref_model is not None
+    torch.testing.assert_close(torch.cat(trainer._logprobs(trainer.ref_model, sequences)), initial, rtol=1e-5, atol=1e-5)  # the reference did not
+
+
 def test_torch_compile_of_a_model_without_decoder_layers_is_refused():
     from agentrl.trainers.fused_kernels import compile_decoder_layers
 
