@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed import TCPStore  # type: ignore[attr-defined]  # re-exported from torch._C without __all__
 
 from agentrl.checkpoint import LoopState, read_checkpoint, save_checkpoint
 from agentrl.engines.backend import push_config
@@ -58,21 +59,25 @@ class TrainerActor:
         self.model_dir, self.run_dir = Path(model_dir), Path(run_dir)
         self.trainer: Trainer | None = None
         self.pusher: WeightPusher | None = None
+        self._store: TCPStore | None = None  # rank 0's, from open_rendezvous
 
-    async def address(self) -> tuple[str, int]:
-        """This rank's node address and a free port there (rank 0's host the group's rendezvous)."""
-        from agentrl.engines.process import free_port
-
+    async def open_rendezvous(self) -> tuple[str, int]:
+        """Rank 0: open the group's store on a port the OS picks and return its address. The store
+        listens before anyone learns the port, so no other process can take it in between (a port
+        found free and bound later could be, by any of Ray's connections)."""
         host = node_address()
-        return host, free_port(host)
+        store = await asyncio.to_thread(TCPStore, host, 0, self.world_size, True, GROUP_TIMEOUT, wait_for_workers=False)
+        self._store = store
+        return host, int(store.port)
 
     async def setup(self, master_address: str, master_port: int) -> int:
-        """Join the ranks' process group and load the model; returns this process's pid."""
+        """Join the ranks' process group (rank 0's store at ``master_address:master_port``) and load
+        the model; returns this process's pid."""
         if not self.cfg.device.startswith("cuda"):
             torch.set_num_threads(self.cfg.actor_num_cpus_per_rank)
         backend = "nccl" if self.cfg.device.startswith("cuda") else "gloo"
-        await asyncio.to_thread(dist.init_process_group, backend, init_method=f"tcp://{master_address}:{master_port}",
-                                rank=self.rank, world_size=self.world_size, timeout=GROUP_TIMEOUT)
+        store = self._store or await asyncio.to_thread(TCPStore, master_address, master_port, self.world_size, False, GROUP_TIMEOUT)
+        await asyncio.to_thread(dist.init_process_group, backend, store=store, rank=self.rank, world_size=self.world_size, timeout=GROUP_TIMEOUT)
         cfg = self.cfg
         self.trainer = await asyncio.to_thread(build_trainer, cfg.train_backend, self.model_dir, cfg.trainer(), cfg.loss(), device=cfg.device,
                                                megatron=cfg.megatron(), seed=cfg.seed)

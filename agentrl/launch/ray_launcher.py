@@ -161,7 +161,7 @@ async def _start_ranks(cfg: TrainConfig, placement: Placement, model_dir: Path, 
     ranks: list[Any] = [remote.options(**placement.actor_options("trainer", i)).remote(i, world, cfg, str(model_dir), str(run_dir))
              for i in range(world)]
     actors.extend(ranks)
-    master, port = await call(ranks[0].address.remote(), "trainer rank 0, choosing the group's rendezvous", SETUP_TIMEOUT_S)
+    master, port = await call(ranks[0].open_rendezvous.remote(), "trainer rank 0, opening the group's rendezvous", SETUP_TIMEOUT_S)
     pids = await asyncio.gather(*(call(rank.setup.remote(master, port), f"trainer rank {i}, joining the group and loading the model",
                                        SETUP_TIMEOUT_S) for i, rank in enumerate(ranks)))
     tqdm.write("[agentrl] trainer ranks up: " + ", ".join(f"rank {i} pid {pid} on {placement.trainer[i].node_ip}" for i, pid in enumerate(pids)))
