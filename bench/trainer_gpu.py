@@ -183,7 +183,7 @@ def main() -> None:
     print(json.dumps({"bench": "trainer_gpu", "device": torch.cuda.get_device_name(), "torch": torch.__version__, "params": params,
                       "attention": "varlen flash" if varlen_available() else "padded SDPA", "tokens_per_step": args.tokens_per_step,
                       "lengths": list(args.lengths), "max_tokens": args.max_tokens, "baseline_max_tokens": args.baseline_max_tokens,
-                      "results": results, "speedup_vs_hf": {k: results["hf"]["step_s"] / v["step_s"] for k, v in results.items() if "hf" in results}}))
+                      "results": results, "speedup_vs_hf": {k: results["hf"]["step_s"] / v["step_s"] for k, v in results.items()} if "hf" in results else None}))
 
 
 if __name__ == "__main__":
