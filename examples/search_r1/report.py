@@ -87,6 +87,8 @@ def report_run(run: Path, groups: dict[str, list[int]], search_name: str, contro
     steps = sorted(set(search) & set(control))
     if not steps:
         raise SystemExit(f"{run}/evals: no step evaluated on both {search_name!r} and {control_name!r}")
+    evaluated = set.intersection(*(set(search[step]) & set(control[step]) for step in steps))  # all, or --eval-max-prompts of them
+    groups = {kind: kept for kind, tasks in groups.items() if (kept := [t for t in tasks if t in evaluated])}
     print(f"## {run}\n")
     print("| step | EM with search | 1-hop | 2-hop | searches/episode | EM search disabled | 1-hop | 2-hop |\n|---|---|---|---|---|---|---|---|")
     table = [eval_row(step, search[step], control[step], groups) for step in steps]
