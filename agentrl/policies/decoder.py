@@ -107,8 +107,8 @@ class KVCache:
         """Make room for ``rows`` slots of ``length`` positions, keeping what is stored."""
         if rows <= self.slots and length <= self.capacity:
             return
-        slots = max(self.slots, _round_up(rows, SLOT_CHUNK))
-        capacity = max(self.capacity, _round_up(length, CACHE_CHUNK))
+        slots = _grown(self.slots, rows, SLOT_CHUNK)
+        capacity = _grown(self.capacity, length, CACHE_CHUNK)
         kv_heads, head_dim = self._head
         # zeros, not garbage: masked positions still enter the matmuls (0 * NaN would be NaN)
         grown = self.data.new_zeros((*self._dims, slots, kv_heads, capacity, head_dim))
@@ -132,6 +132,15 @@ class KVCache:
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def _grown(size: int, needed: int, chunk: int) -> int:
+    """``size`` if it holds ``needed``, else at least 1.5x ``size``, in whole chunks. Geometric, so
+    a cache grown step by step allocates a bounded multiple of its final size: CUDA's caching
+    allocator keeps every outgrown block, and chunk-by-chunk growth summed to tens of GB."""
+    if needed <= size:
+        return size
+    return max(_round_up(needed, chunk), _round_up(size * 3 // 2, chunk))
 
 
 class _Projection:

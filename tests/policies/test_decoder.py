@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from agentrl.errors import ModelError, PolicyError
-from agentrl.policies.decoder import ARCHITECTURES, LeanDecoder
+from agentrl.policies.decoder import ARCHITECTURES, KVCache, LeanDecoder
 
 ATOL = 1e-4  # fp32 logits
 BF16_ATOL = 0.02  # tiny models' logits are ~1 in magnitude; bf16 keeps ~3 significant digits
@@ -162,3 +162,25 @@ def test_load_weights_rejects_unknown_names_and_shapes(name, shape, message):
     decoder = LeanDecoder(_tiny_model(TINY_CONFIGS["llama"]))
     with pytest.raises(PolicyError, match=message):
         decoder.load_weights([(name, torch.zeros(shape))])
+
+
+def test_kv_cache_grows_geometrically_and_keeps_what_it_stores():
+    """Grown a few positions at a time, as decoding does, the cache reallocates O(log n) times
+    (CUDA's caching allocator keeps each outgrown block), and every grow keeps the stored values."""
+    cache = KVCache(2, 1, 4, dtype=torch.float32, device=torch.device("cpu"))
+    cache.reserve(3, 5)
+    cache.data[:, :, :3, :, :5] = torch.arange(2 * 2 * 3 * 5 * 4, dtype=torch.float32).view(2, 2, 3, 1, 5, 4)
+    stored = cache.data[:, :, :3, :, :5].clone()
+    capacities = {cache.capacity}
+    for length in range(6, 20_000, 7):
+        cache.reserve(3, length)
+        capacities.add(cache.capacity)
+    assert cache.capacity >= 20_000 - 7
+    assert len(capacities) <= 12  # 256 -> 20k by 1.5x: 12 sizes; by 256-position chunks it was 78
+    assert torch.equal(cache.data[:, :, :3, :, :5], stored)
+    slots = {cache.slots}
+    for rows in range(4, 1000):
+        cache.reserve(rows, 1)
+        slots.add(cache.slots)
+    assert cache.slots >= 999 and len(slots) <= 14
+    assert torch.equal(cache.data[:, :, :3, :, :5], stored)
