@@ -6,7 +6,7 @@ Modules, one idea each:
 * :mod:`.mcore` - the Megatron-Core API the backend uses, pinned and checked by a test;
 * :mod:`.cpu_mode` - running Megatron-Core without CUDA (tests, CPU runs);
 * :mod:`.model` - a ``GPTModel`` from a Hugging Face config;
-* :mod:`.attention` - packed ``thd`` core attention without Transformer Engine;
+* :mod:`.attention` - packed core attention without Transformer Engine;
 * :mod:`.convert` - Hugging Face <-> Megatron parameter tables;
 * :mod:`.weights` - loading, streaming export and writing of Hugging Face weights;
 * :mod:`.forward`, :mod:`.logprobs` - a packed micro-batch through the model, vocab-parallel log-probs;

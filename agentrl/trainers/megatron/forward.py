@@ -4,8 +4,8 @@ The decoder is driven through the model's public parts (``embedding``, ``decoder
 ``output_layer``) rather than ``GPTModel.forward``, for two reasons: the LM head must not
 produce ``[T, V]`` logits (log-probs are taken chunk by chunk, at the predicting positions only),
 and rotary embeddings must follow the micro-batch's position ids (runs that reuse a shared prompt
-start at the prompt's length, not at 0), which Megatron's ``thd`` RoPE supports when given one
-frequency row per token.
+start at the prompt's length, not at 0): one frequency row per token, the packed row passed to
+Megatron as one ``sbhd`` sequence (see :mod:`agentrl.trainers.megatron.attention`).
 """
 
 from __future__ import annotations

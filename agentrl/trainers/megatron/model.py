@@ -7,7 +7,7 @@ scalings) are refused with a :class:`~agentrl.errors.ModelError` naming the fiel
 
 The layer spec is Megatron's local (no Transformer Engine) spec with two substitutions:
 :class:`~agentrl.trainers.megatron.attention.PackedCoreAttention` as the core attention (packed
-``thd`` rows) and :class:`RMSNorm` as every norm (PyTorch's RMSNorm, which unlike Megatron's
+rows) and :class:`RMSNorm` as every norm (PyTorch's RMSNorm, which unlike Megatron's
 ``WrappedTorchNorm`` supports sequence parallelism). Megatron initialises the weights randomly
 before they are loaded (:mod:`agentrl.trainers.megatron.weights`): only its initialisation tags
 tensor-parallel weights (``tensor_model_parallel``), without which gradient norms count each

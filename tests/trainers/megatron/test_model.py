@@ -39,6 +39,21 @@ def test_megatron_logits_of_a_packed_row_equal_the_hf_models(model_dirs, megatro
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_rotary_embedding_takes_no_per_run_path(model_dirs, megatron_trainer, monkeypatch):
+    """The packed row reaches Megatron as one sbhd sequence: Megatron's thd RoPE reads every run's
+    offset to the host (a GPU sync per run, in every layer) and must not run."""
+    from megatron.core.models.common.embeddings import rope_utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Megatron's per-run thd RoPE ran")
+
+    monkeypatch.setattr(rope_utils, "_apply_rotary_pos_emb_thd", refuse)
+    trainer = megatron_trainer(model_dirs["qwen3"], TrainerConfig(bf16=False), LossConfig())
+    with torch.no_grad(), running(trainer.device):
+        hidden = decoder_output(trainer.model, collate(make_sequences(4, group=2), share_prompts=True))
+    assert torch.isfinite(hidden).all()
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_vocab_parallel_logprobs_and_entropy_equal_log_softmax(temperature):
     torch.manual_seed(0)
