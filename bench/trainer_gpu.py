@@ -11,6 +11,7 @@ for every contender. Contenders (``--backends``):
   the warm-up step pays the compilation);
 * ``megatron``: agentrl's Megatron-Core backend, same packing, bf16 parameters with fp32 masters
   in Megatron's optimizer (PyTorch AdamW: no Apex or Transformer Engine here);
+  ``megatron+liger``: the same with liger-kernel's RMSNorm as every norm;
 * ``hf``: plain transformers, the same sequences padded into batches of at most
   ``--baseline-max-tokens`` padded tokens, SDPA attention, full logits, bf16 autocast, torch AdamW.
 
@@ -43,7 +44,7 @@ from agentrl.trainers.build import build_trainer
 from agentrl.trainers.packed_attention import varlen_available
 from agentrl.trainers.torch_trainer import TrainerConfig
 
-BACKENDS = ("torch", "torch+liger", "torch+compile", "torch+liger+compile", "megatron", "hf")
+BACKENDS = ("torch", "torch+liger", "torch+compile", "torch+liger+compile", "megatron", "megatron+liger", "hf")
 PEAK_BF16 = 989e12  # H100 SXM dense bf16
 QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)

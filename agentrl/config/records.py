@@ -192,8 +192,8 @@ class TrainConfig(EpisodeConfig):
     max_tokens_per_gpu: int | None = opt(None, "token budget of a micro-batch", range=AT_LEAST_1)
     train_async: bool = opt(False, "one-step-asynchronous: the next rollout overlaps this step's training")
     torch_compile: bool = opt(False, "torch backend: compile each decoder layer with torch.compile (fewer, fused kernels)")
-    use_liger_kernel: bool = opt(False, "torch backend on CUDA: liger-kernel's fused RMSNorm, SwiGLU and rotary kernels "
-                                        "(pip install 'agentrl[kernels]')")
+    use_liger_kernel: bool = opt(False, "on CUDA: liger-kernel's fused RMSNorm, SwiGLU and rotary kernels (torch backend) or its "
+                                        "RMSNorm (megatron backend) (pip install 'agentrl[kernels]')")
     # --- training backend (slime's --train-backend), and Megatron-LM's own flags for the Megatron trainer
     train_backend: str = opt("torch", "the trainer: torch (PyTorch) or megatron (Megatron-Core: pip install 'agentrl[megatron]')",
                              choices=TRAIN_BACKENDS)

@@ -1,5 +1,5 @@
-"""Fused kernels for the PyTorch backend: liger-kernel's (``--use-liger-kernel``) and
-``torch.compile``'s (``--torch-compile``).
+"""Fused kernels: liger-kernel's (``--use-liger-kernel``, both backends) and ``torch.compile``'s
+(``--torch-compile``, the PyTorch backend).
 
 Liger's Triton kernels replace a Hugging Face model's RMSNorm, SwiGLU MLP and rotary embedding:
 one kernel each instead of the several elementwise kernels (fp32 casts, ``pow``, ``mean``,
@@ -8,7 +8,9 @@ the log-probs stay agentrl's (:mod:`agentrl.trainers.logprobs`): liger's fused l
 cross-entropy gives neither entropies nor per-token gradients.
 
 Liger patches the model instance and, as liger does, its family's ``transformers`` modeling module
-for the rest of the process (the rotary function is module-level). It runs on CUDA only.
+for the rest of the process (the rotary function is module-level). It runs on CUDA only. The
+Megatron backend takes liger's RMSNorm into its layer spec (:func:`liger_rms_norm`); its SwiGLU is
+Megatron's own fused one.
 
 ``torch.compile`` of each decoder layer fuses what liger does not (residual adds, casts, the
 projections' epilogues) and, on GPUs where the trainer is bound by launching ~30,000 kernels a
@@ -17,6 +19,8 @@ eager where it breaks the graph.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -42,6 +46,22 @@ def apply_liger_kernel(model: nn.Module, device: torch.device) -> None:
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         raise ConfigError(f"--use-liger-kernel: liger-kernel has no kernels for model_type {model_type!r}")
     _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+
+
+def liger_rms_norm(device: torch.device) -> Callable[..., torch.Tensor]:
+    """liger-kernel's fused RMSNorm function, ``(x, weight, eps) -> y`` (Llama's casting: the norm
+    in fp32, scaled by the weight in its dtype), for the Megatron backend's norms.
+
+    Raises:
+        ConfigError: a device other than CUDA, or liger-kernel not installed.
+    """
+    if device.type != "cuda":
+        raise ConfigError(f"--use-liger-kernel runs Triton kernels on CUDA; this trainer runs on {device}")
+    try:
+        from liger_kernel.transformers.functional import liger_rms_norm as rms_norm
+    except ImportError as e:
+        raise ConfigError(f"--use-liger-kernel needs liger-kernel ({e}): pip install 'agentrl[kernels]'") from e
+    return rms_norm  # type: ignore[no-any-return]  # liger-kernel is untyped
 
 
 def compile_decoder_layers(model: nn.Module) -> None:

@@ -1,5 +1,6 @@
-"""``--use-liger-kernel``: refused with a reason where it cannot run (CPU, Megatron, no liger-kernel),
-and on a GPU (marked ``gpu``, skipped on CI) the same log-probs and a working step with liger's kernels.
+"""``--use-liger-kernel``: refused with a reason where it cannot run (CPU, no liger-kernel), the
+Megatron layer spec's norms computed by the given kernel, and on a GPU (marked ``gpu``, skipped on
+CI) the same log-probs and a working step with liger's kernels, for both backends.
 ``--torch-compile``: the compiled layers train the same step as the eager ones (CPU, inductor)."""
 
 from __future__ import annotations
@@ -24,9 +25,52 @@ def test_liger_on_a_cpu_is_refused_naming_the_device(tiny_llama_dir):
         TorchTrainer(tiny_llama_dir, LIGER, LossConfig(), device="cpu")
 
 
-def test_liger_with_the_megatron_backend_is_refused(tiny_llama_dir):
-    with pytest.raises(ConfigError, match=r"^--use-liger-kernel and --torch-compile are for --train-backend torch"):
+def test_liger_with_the_megatron_backend_on_a_cpu_is_refused_naming_the_device(tiny_llama_dir):
+    with pytest.raises(ConfigError, match=r"^--use-liger-kernel runs Triton kernels on CUDA; this trainer runs on cpu$"):
         build_trainer("megatron", tiny_llama_dir, LIGER, LossConfig(), device="cpu")
+
+
+def test_torch_compile_with_the_megatron_backend_is_refused(tiny_llama_dir):
+    with pytest.raises(ConfigError, match=r"^--torch-compile is for --train-backend torch"):
+        build_trainer("megatron", tiny_llama_dir, TrainerConfig(bf16=False, torch_compile=True), LossConfig(), device="cpu")
+
+
+def test_megatron_norms_run_the_given_kernel_with_the_same_logits(tmp_path):
+    """The Megatron layer spec's norm kernel (liger's RMSNorm on GPUs) replaces every norm: input,
+    pre-MLP, final and Qwen3's q/k norms. Here a plain-PyTorch kernel that counts its calls."""
+    from transformers import AutoConfig
+
+    from agentrl.trainers.batching import collate
+    from agentrl.trainers.megatron import checkpoint, parallel
+    from agentrl.trainers.megatron.config import MegatronConfig
+    from agentrl.trainers.megatron.convert import Geometry
+    from agentrl.trainers.megatron.forward import decoder_output
+    from agentrl.trainers.megatron.mcore import running
+    from agentrl.trainers.megatron.model import FusedRMSNorm, build_model, padded_vocab_size
+
+    calls = []
+
+    def rms_norm(x, weight, eps):
+        calls.append(tuple(x.shape))
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+
+    model_dir = save_tiny_model("qwen3", tmp_path)
+    hf = AutoConfig.from_pretrained(model_dir)
+    batch = collate(make_sequences(4, group=2))
+    with running(torch.device("cpu")), torch.no_grad():
+        parallel.acquire(MegatronConfig(), torch.device("cpu"), seed=0)
+        try:
+            outputs = []
+            for kernel in (None, rms_norm):
+                model = build_model(hf, MegatronConfig(), bf16=False, cpu=True, norm_kernel=kernel)
+                geometry = Geometry.of(hf, padded_vocab=padded_vocab_size(hf.vocab_size, MegatronConfig()), tp=1)
+                checkpoint.load_weights(model_dir, model, geometry, tied=bool(hf.tie_word_embeddings))
+                outputs.append(decoder_output(model, batch))
+        finally:
+            parallel.release()
+    assert sum(isinstance(m, FusedRMSNorm) for m in model.modules()) == 4 * hf.num_hidden_layers + 1  # input, pre-MLP, q, k; final
+    assert len(calls) == 4 * hf.num_hidden_layers + 1
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # both raised inside dynamo's tracing
@@ -87,3 +131,17 @@ def test_liger_kernels_keep_the_logprobs_and_train(tmp_path, kind):
     assert float((got - want).abs().mean()) < 2e-2
     assert type(fused.model.get_decoder().layers[0].mlp).__name__ == "LigerSwiGLUMLP"
     assert fused.train_rollout(sequences, 8)["train/grad_norm"] == pytest.approx(plain.train_rollout(sequences, 8)["train/grad_norm"], rel=5e-2)
+
+
+@pytest.mark.gpu
+def test_liger_norms_keep_the_megatron_backends_logprobs_and_train(tmp_path):
+    model_dir = save_tiny_model("qwen3", tmp_path)
+    sequences = make_sequences(8, group=1)
+    plain = build_trainer("megatron", model_dir, TrainerConfig(bf16=True, lr=1e-4), LossConfig(), device="cuda")
+    want = torch.cat(plain.logprobs(sequences))
+    plain_norm = plain.train_rollout(sequences, 8)["train/grad_norm"]
+    plain.close()
+    fused = build_trainer("megatron", model_dir, TrainerConfig(bf16=True, lr=1e-4, use_liger_kernel=True), LossConfig(), device="cuda")
+    assert float((torch.cat(fused.logprobs(sequences)) - want).abs().mean()) < 2e-2
+    assert fused.train_rollout(sequences, 8)["train/grad_norm"] == pytest.approx(plain_norm, rel=5e-2)
+    fused.close()

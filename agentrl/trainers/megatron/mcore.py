@@ -37,6 +37,7 @@ with warnings.catch_warnings():
     from megatron.core.transformer import MegatronModule, TransformerConfig
     from megatron.core.transformer.enums import AttnMaskType
     from megatron.core.transformer.identity_op import IdentityOp
+    from megatron.core.transformer.spec_utils import ModuleSpec
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
 PINNED_VERSION = "0.16.1"
@@ -72,6 +73,7 @@ __all__ = [
     "IdentityOp",
     "MegatronModule",
     "MegatronOptimizer",
+    "ModuleSpec",
     "OptimizerConfig",
     "PackedSeqParams",
     "TransformerBlockSubmodules",

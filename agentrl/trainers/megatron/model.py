@@ -17,11 +17,13 @@ shard once instead of once per rank; the draw uses a forked RNG, so the process'
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from transformers import PretrainedConfig
 
 from agentrl.errors import ConfigError, ModelError
@@ -30,6 +32,7 @@ from agentrl.trainers.megatron.config import MegatronConfig
 from agentrl.trainers.megatron.mcore import (
     GPTModel,
     IdentityOp,
+    ModuleSpec,
     TransformerBlockSubmodules,
     TransformerConfig,
     get_gpt_layer_local_spec,
@@ -157,28 +160,44 @@ class RMSNorm(torch.nn.RMSNorm):
         self.weight.sequence_parallel = config.sequence_parallel  # type: ignore[attr-defined]  # Megatron reads this attribute
 
 
-def layer_spec(config: TransformerConfig) -> TransformerBlockSubmodules:
+class FusedRMSNorm(RMSNorm):
+    """:class:`RMSNorm` computed by a fused kernel ``(x, weight, eps) -> y`` (liger-kernel's)."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, *,
+                 kernel: Callable[[Tensor, Tensor, float], Tensor]) -> None:
+        super().__init__(config, hidden_size, eps)
+        self.kernel = kernel
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.kernel(x, self.weight, float(self.eps or 1e-5))
+
+
+def layer_spec(config: TransformerConfig, norm_kernel: Callable[[Tensor, Tensor, float], Tensor] | None = None) -> TransformerBlockSubmodules:
     """The decoder block of this pipeline stage: the local layer spec with packed core attention
-    and :class:`RMSNorm` everywhere."""
+    and :class:`RMSNorm` everywhere (computed by ``norm_kernel`` where given)."""
+    norm = RMSNorm if norm_kernel is None else ModuleSpec(module=FusedRMSNorm, params={"kernel": norm_kernel})
     spec = get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
     layer, attention = spec.submodules, spec.submodules.self_attention.submodules
-    layer.input_layernorm = layer.pre_mlp_layernorm = RMSNorm
+    layer.input_layernorm = layer.pre_mlp_layernorm = norm
     attention.core_attention = PackedCoreAttention
-    attention.q_layernorm = attention.k_layernorm = RMSNorm if config.qk_layernorm else IdentityOp
-    return TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config), layer_norm=RMSNorm)
+    attention.q_layernorm = attention.k_layernorm = norm if config.qk_layernorm else IdentityOp
+    return TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config), layer_norm=norm)
 
 
-def build_model(hf: PretrainedConfig, parallel: MegatronConfig, *, bf16: bool, cpu: bool) -> GPTModel:
-    """This rank's ``GPTModel`` (its pipeline stage, its tensor-parallel shard), randomly initialised."""
+def build_model(hf: PretrainedConfig, parallel: MegatronConfig, *, bf16: bool, cpu: bool,
+                norm_kernel: Callable[[Tensor, Tensor, float], Tensor] | None = None) -> GPTModel:
+    """This rank's ``GPTModel`` (its pipeline stage, its tensor-parallel shard), randomly initialised;
+    its norms computed by ``norm_kernel`` where given (see :func:`layer_spec`)."""
     config = transformer_config(hf, parallel, bf16=bf16, cpu=cpu)
     theta, scaling = _rope(hf)
     with torch.random.fork_rng(devices=[]):
-        return _gpt_model(hf, parallel, config, theta, scaling)
+        return _gpt_model(hf, parallel, config, theta, scaling, layer_spec(config, norm_kernel))
 
 
-def _gpt_model(hf: PretrainedConfig, parallel: MegatronConfig, config: TransformerConfig, theta: float, scaling: float | None) -> GPTModel:
+def _gpt_model(hf: PretrainedConfig, parallel: MegatronConfig, config: TransformerConfig, theta: float, scaling: float | None,
+               spec: TransformerBlockSubmodules) -> GPTModel:
     return GPTModel(
-        config, layer_spec(config), vocab_size=padded_vocab_size(hf.vocab_size, parallel),
+        config, spec, vocab_size=padded_vocab_size(hf.vocab_size, parallel),
         max_sequence_length=hf.max_position_embeddings, pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(), share_embeddings_and_output_weights=bool(hf.tie_word_embeddings),
         position_embedding_type="rope", rotary_base=theta, rope_scaling=scaling is not None, rope_scaling_factor=scaling or 8.0,

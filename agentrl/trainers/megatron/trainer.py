@@ -41,6 +41,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from agentrl.errors import ConfigError, TrainingError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
+from agentrl.trainers.fused_kernels import liger_rms_norm
 from agentrl.trainers.host_memory import release_freed_memory
 from agentrl.trainers.lr_schedule import learning_rate
 from agentrl.trainers.megatron import checkpoint, parallel
@@ -93,9 +94,9 @@ class MegatronTrainer:
 
     def __init__(self, model_dir: str | Path, config: TrainerConfig, loss: LossConfig, *, device: str | torch.device = "cpu",
                  parallel: MegatronConfig | None = None, seed: int = 0) -> None:
-        if config.use_liger_kernel or config.torch_compile:
-            raise ConfigError("--use-liger-kernel and --torch-compile are for --train-backend torch; the Megatron backend fuses its SwiGLU "
-                              "itself on CUDA")
+        if config.torch_compile:
+            raise ConfigError("--torch-compile is for --train-backend torch; the Megatron backend fuses its SwiGLU itself on CUDA "
+                              "and takes liger-kernel's RMSNorm with --use-liger-kernel")
         self.config, self.loss = config, loss
         self.device = torch.device(device)
         self.parallel = (parallel or MegatronConfig()).with_recompute(config.gradient_checkpointing)
@@ -115,7 +116,9 @@ class MegatronTrainer:
     def _build(self, seed: int) -> None:
         parallel.acquire(self.parallel, self.device, seed=seed)
         try:
-            self.model = build_model(self.hf_config, self.parallel, bf16=self.config.bf16, cpu=self.device.type == "cpu").to(self.device)
+            norm_kernel = liger_rms_norm(self.device) if self.config.use_liger_kernel else None
+            self.model = build_model(self.hf_config, self.parallel, bf16=self.config.bf16, cpu=self.device.type == "cpu",
+                                     norm_kernel=norm_kernel).to(self.device)
             self.geometry = Geometry.of(self.hf_config, padded_vocab=padded_vocab_size(self.hf_config.vocab_size, self.parallel),
                                         tp=self.parallel.tensor_model_parallel_size)
             checkpoint.load_weights(self.source, self.model, self.geometry, tied=self.tied)
