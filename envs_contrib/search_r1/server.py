@@ -9,6 +9,7 @@ says why. ``GET /health`` answers 200 once the index is built.
 
 The corpus is a JSONL file of Search-R1 documents (``{"id": ..., "contents": ...}``, or
 ``{"title", "text"}``), such as Search-R1's ``wiki-18.jsonl``. Binds to localhost by default.
+Runs on the CPU only, also where an installed JAX sees a GPU (``JAX_PLATFORMS=cpu`` unless set).
 
     python -m envs_contrib.search_r1.server --corpus corpus.jsonl [--host 127.0.0.1] [--port 8000]
 """
@@ -18,9 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+# bm25s tries JAX for its top-k at import; where JAX sees a GPU it would take 75% of its memory
+# (JAX's preallocation) from the trainer and engines beside this CPU server. Keep JAX on the CPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import bm25s
 from aiohttp import web
 

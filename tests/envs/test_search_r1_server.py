@@ -80,3 +80,21 @@ async def test_the_env_searches_the_server(client):
     answer = await env.step(Action("<answer>the sol</answer>"))
     assert answer.reward == 1.0
     await env.close()
+
+
+def test_the_server_keeps_jax_off_the_gpu(tmp_path):
+    """bm25s runs JAX at import where JAX is installed; on a GPU machine JAX would take 75% of the
+    GPU's memory from the trainer and engines. A stand-in ``jax`` records what JAX was told."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "jax"
+    fake.mkdir(parents=True)
+    seen = tmp_path / "platforms.txt"
+    (fake / "__init__.py").write_text(f"import os\nopen({str(seen)!r}, 'w').write(os.environ.get('JAX_PLATFORMS', 'unset'))\n")
+    (fake / "lax.py").write_text("import numpy as np\ndef top_k(x, k):\n    return np.sort(x)[-k:], np.argsort(x)[-k:]\n")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, "-c", "import envs_contrib.search_r1.server"], env=env, check=True, timeout=120)
+    assert seen.read_text() == "cpu"
