@@ -98,6 +98,10 @@ def report_run(run: Path, groups: dict[str, list[int]], search_name: str, contro
     print(f"\n| step {last}: question | n | EM with search | EM search disabled |\n|---|---|---|---|")
     for kind, row in by_type.items():
         print(f"| {kind} | {row['n']} | {row['em_search']:.3f} | {row['em_control']:.3f} |")
+    for name, outcomes in ((search_name, search[last]), (control_name, control[last])):
+        aborted = sum(info["termination"] == "abort" for info in outcomes.values())
+        if aborted:
+            print(f"\nstep {last}, {name}: {aborted} of {len(outcomes)} episodes aborted (an engine error, in the run's log), counted as wrong")
     final = paired_difference(search[last], control[last])
     print(f"\nstep {last}: EM with search - EM search disabled = {final['difference']:.3f} "
           f"(95% bootstrap CI {final['ci_low']:.3f} to {final['ci_high']:.3f}, {len(search[last])} questions)")
