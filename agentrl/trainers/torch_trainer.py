@@ -182,7 +182,8 @@ class TorchTrainer:
         for s in sequences:
             trained[position_of[s.sample_index]] += sum(s.loss_mask)
         step_samples, step_tokens = self._all_reduce_counts(len(samples), int(trained.sum()))
-        metrics: dict[str, float] = defaultdict(float, {"train/tokens": 0.0})
+        sums: dict[str, Tensor] = {}  # on the device: read once after the last micro-batch, so the host never waits mid-step
+        tokens = 0
         if not self._needs_every_sequence():  # zero-advantage sequences add nothing to the gradient
             keep = [i for i, s in enumerate(sequences) if any(a != 0 for a in s.advantages)]
             sequences = [sequences[i] for i in keep]
@@ -199,11 +200,12 @@ class TorchTrainer:
             loss, mb_metrics = policy_loss(self._loss_inputs(batch, weights, old, ref, batch_indices), self.loss)
             loss.backward()
             for k, v in mb_metrics.items():
-                metrics[f"train/{k}"] += float(v)
-            metrics["train/tokens"] += batch.num_tokens
+                sums[k] = sums[k] + v.detach() if k in sums else v.detach()
+            tokens += batch.num_tokens
         if self.world > 1:
             self._all_reduce_gradients()
-        return dict(metrics)
+        values = torch.stack([v.float() for v in sums.values()]).tolist() if sums else []
+        return {"train/tokens": float(tokens)} | {f"train/{k}": float(v) for k, v in zip(sums, values)}
 
     def _needs_every_sequence(self) -> bool:
         """Whether terms besides the advantage-weighted one (KL, entropy) reach every token."""
