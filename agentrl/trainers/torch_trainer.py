@@ -189,15 +189,20 @@ class TorchTrainer:
             sequences = [sequences[i] for i in keep]
             old = [old[i] for i in keep] if old else None
             ref = [ref[i] for i in keep] if ref else None
+        # Every micro-batch goes to the device before any is computed: a copy from pageable host
+        # memory waits for the device's queue, so a copy between micro-batches stalls the host mid-step.
+        staged = []
         for batch_indices in self._micro_batches(sequences):
             cpu_batch = collate([sequences[i] for i in batch_indices])
-            positions = position_of[cpu_batch.sample_index].to(self.device)
-            batch = cpu_batch.to(self.device)
+            staged.append((cpu_batch.to(self.device), position_of[cpu_batch.sample_index].to(self.device),
+                           self._gather(old, batch_indices), self._gather(ref, batch_indices)))
+        trained_here = trained.to(self.device)
+        for batch, positions, old_logp, ref_logp in staged:
             weights = loss_weights(
-                batch.loss_mask, positions, trained.to(self.device), step_samples=step_samples,
+                batch.loss_mask, positions, trained_here, step_samples=step_samples,
                 step_tokens=step_tokens, per_token=self.config.calculate_per_token_loss,
             )
-            loss, mb_metrics = policy_loss(self._loss_inputs(batch, weights, old, ref, batch_indices), self.loss)
+            loss, mb_metrics = policy_loss(self._loss_inputs(batch, weights, old_logp, ref_logp), self.loss)
             loss.backward()
             for k, v in mb_metrics.items():
                 sums[k] = sums[k] + v.detach() if k in sums else v.detach()
@@ -224,7 +229,11 @@ class TorchTrainer:
         c = self.config
         return micro_batches(sequences, dynamic=c.use_dynamic_batch_size, max_tokens=c.max_tokens_per_gpu, micro_batch_size=c.micro_batch_size)
 
-    def _loss_inputs(self, batch: MicroBatch, weights: Tensor, old: list[Tensor] | None, ref: list[Tensor] | None, indices: list[int]) -> LossInputs:
+    def _gather(self, per_sequence: list[Tensor] | None, indices: list[int]) -> Tensor | None:
+        """The log-probs of the sequences at ``indices``, concatenated on the device."""
+        return torch.cat([per_sequence[i] for i in indices]).to(self.device) if per_sequence else None
+
+    def _loss_inputs(self, batch: MicroBatch, weights: Tensor, old_logp: Tensor | None, ref_logp: Tensor | None) -> LossInputs:
         with self._autocast():
             hidden = self.decoder(batch.input_ids, batch.position_ids, batch.cu_seq_lens, batch.max_length, batch.layout)
             logp, entropy = chosen_logprobs(
@@ -233,12 +242,12 @@ class TorchTrainer:
             )
         return LossInputs(
             logp=logp,
-            old_logp=torch.cat([old[i] for i in indices]).to(self.device) if old else logp.detach(),
+            old_logp=old_logp if old_logp is not None else logp.detach(),
             advantages=batch.advantages,
             weights=weights,
             sample_index=batch.local_index,
             rollout_logp=batch.rollout_logprobs,
-            ref_logp=torch.cat([ref[i] for i in indices]).to(self.device) if ref else None,
+            ref_logp=ref_logp,
             entropy=entropy,
         )
 
@@ -250,16 +259,16 @@ class TorchTrainer:
 
     @torch.no_grad()
     def _logprobs(self, model: nn.Module, sequences: Sequence[TrainSequence]) -> list[Tensor]:
-        out: list[Tensor] = []
-        for batch_indices in self._micro_batches(sequences):
-            batch = collate([sequences[i] for i in batch_indices]).to(self.device)
+        staged = [collate([sequences[i] for i in batch_indices]).to(self.device) for batch_indices in self._micro_batches(sequences)]
+        out: list[Tensor] = []  # on the device until the last micro-batch (see accumulate_gradients)
+        for batch in staged:
             with self._autocast():
                 hidden = PackedDecoder(model)(batch.input_ids, batch.position_ids, batch.cu_seq_lens, batch.max_length, batch.layout)
                 head: nn.Module = model.get_output_embeddings()  # type: ignore[operator]  # an HF model's method
                 logp, _ = chosen_logprobs(hidden[batch.pred_index], head, batch.targets, temperature=self.config.temperature)
-            sizes = [len(sequences[i]) - sequences[i].prompt_len for i in batch_indices]
-            out.extend(logp.cpu().split(sizes))
-        return out
+            out.append(logp)
+        sizes = [len(s) - s.prompt_len for s in sequences]  # micro-batches keep the sequences' order
+        return list(torch.cat(out).cpu().split(sizes)) if out else []
 
     # ------------------------------------------------------------------ weights and state
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:

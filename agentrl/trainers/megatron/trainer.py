@@ -73,6 +73,8 @@ class _MicroBatch:
     batch: MicroBatch  # on the trainer's device
     indices: list[int]  # the step's sequences it holds
     weights: Tensor | None = None  # [N] loss weights (None for log-probs only)
+    old_logp: Tensor | None = None  # [N] the ratio's log-probs, when not the current policy's own
+    ref_logp: Tensor | None = None  # [N] reference log-probs, when the KL loss is on
 
 
 class MegatronTrainer:
@@ -193,10 +195,12 @@ class MegatronTrainer:
             cpu_batch = collate([sequences[i] for i in indices])
             weights = loss_weights(cpu_batch.loss_mask, position_of[cpu_batch.sample_index], trained, step_samples=counts[0],
                                    step_tokens=counts[1], per_token=self.config.calculate_per_token_loss)
-            items.append(_MicroBatch(self._on_device(cpu_batch), indices, weights.to(self.device)))
+            items.append(_MicroBatch(self._on_device(cpu_batch), indices, weights.to(self.device),  # all copied before any is computed
+                                     old_logp=torch.cat([old[i] for i in indices]).to(self.device) if old else None,
+                                     ref_logp=torch.cat([ref[i] for i in indices]).to(self.device) if ref else None))
             tokens += cpu_batch.num_tokens
         with self._megatron():
-            outputs = self._run_schedule(items, functools.partial(self._loss, old=old, ref=ref), forward_only=False)
+            outputs = self._run_schedule(items, self._loss, forward_only=False)
             finalize_model_grads([self.ddp])
         metrics: dict[str, float] = defaultdict(float, {"train/tokens": float(tokens)})
         for out in outputs:
@@ -246,15 +250,15 @@ class MegatronTrainer:
         )
         return outputs
 
-    def _loss(self, item: _MicroBatch, hidden: Tensor, *, old: list[Tensor] | None, ref: list[Tensor] | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def _loss(self, item: _MicroBatch, hidden: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         batch = item.batch
         assert item.weights is not None, "training micro-batches carry loss weights"
         logp, entropy = head_logprobs(self.model, hidden, batch, vocab_size=self.geometry.vocab, temperature=self.config.temperature,
                                       with_entropy=self.loss.entropy_coef != 0)
         inputs = LossInputs(
-            logp=logp, old_logp=torch.cat([old[i] for i in item.indices]).to(self.device) if old else logp.detach(),
+            logp=logp, old_logp=item.old_logp if item.old_logp is not None else logp.detach(),
             advantages=batch.advantages, weights=item.weights, sample_index=batch.local_index, rollout_logp=batch.rollout_logprobs,
-            ref_logp=torch.cat([ref[i] for i in item.indices]).to(self.device) if ref else None, entropy=entropy,
+            ref_logp=item.ref_logp, entropy=entropy,
         )
         loss, metrics = policy_loss(inputs, self.loss)
         return loss, torch.zeros((), dtype=torch.int, device=self.device), {k: v.detach() for k, v in metrics.items()}
