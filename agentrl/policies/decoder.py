@@ -136,8 +136,8 @@ def _round_up(n: int, multiple: int) -> int:
 
 def _grown(size: int, needed: int, chunk: int) -> int:
     """``size`` if it holds ``needed``, else at least 1.5x ``size``, in whole chunks. Geometric, so
-    a cache grown step by step allocates a bounded multiple of its final size: CUDA's caching
-    allocator keeps every outgrown block, and chunk-by-chunk growth summed to tens of GB."""
+    a cache grown step by step allocates at most ~3x its final size in all: CUDA's caching
+    allocator keeps each outgrown block, and growing 8 slots at a time to 320 slots allocated ~20x."""
     if needed <= size:
         return size
     return max(_round_up(needed, chunk), _round_up(size * 3 // 2, chunk))
