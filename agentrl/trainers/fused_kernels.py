@@ -35,13 +35,10 @@ def apply_liger_kernel(model: nn.Module, device: torch.device) -> None:
         ConfigError: a device other than CUDA, liger-kernel not installed, or a model family
             liger has no kernels for.
     """
-    if device.type != "cuda":
-        raise ConfigError(f"--use-liger-kernel runs Triton kernels on CUDA; this trainer runs on {device}")
-    try:
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-    except ImportError as e:
-        raise ConfigError(f"--use-liger-kernel needs liger-kernel ({e}): pip install 'agentrl[kernels]'") from e
+    _require_liger(device)
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         raise ConfigError(f"--use-liger-kernel: liger-kernel has no kernels for model_type {model_type!r}")
@@ -55,13 +52,19 @@ def liger_rms_norm(device: torch.device) -> Callable[..., torch.Tensor]:
     Raises:
         ConfigError: a device other than CUDA, or liger-kernel not installed.
     """
+    _require_liger(device)
+    from liger_kernel.transformers.functional import liger_rms_norm as rms_norm
+
+    return rms_norm  # type: ignore[no-any-return]  # liger-kernel is untyped
+
+
+def _require_liger(device: torch.device) -> None:
     if device.type != "cuda":
         raise ConfigError(f"--use-liger-kernel runs Triton kernels on CUDA; this trainer runs on {device}")
     try:
-        from liger_kernel.transformers.functional import liger_rms_norm as rms_norm
+        import liger_kernel.transformers  # noqa: F401  # the kernels' package, imported by the callers
     except ImportError as e:
         raise ConfigError(f"--use-liger-kernel needs liger-kernel ({e}): pip install 'agentrl[kernels]'") from e
-    return rms_norm  # type: ignore[no-any-return]  # liger-kernel is untyped
 
 
 def compile_decoder_layers(model: nn.Module) -> None:

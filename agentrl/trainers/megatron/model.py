@@ -166,10 +166,10 @@ class FusedRMSNorm(RMSNorm):
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, *,
                  kernel: Callable[[Tensor, Tensor, float], Tensor]) -> None:
         super().__init__(config, hidden_size, eps)
-        self.kernel = kernel
+        self.kernel, self.kernel_eps = kernel, eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.kernel(x, self.weight, float(self.eps or 1e-5))
+        return self.kernel(x, self.weight, self.kernel_eps)
 
 
 def layer_spec(config: TransformerConfig, norm_kernel: Callable[[Tensor, Tensor, float], Tensor] | None = None) -> TransformerBlockSubmodules:
