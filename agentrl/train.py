@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import statistics
 import time
@@ -30,17 +31,19 @@ from transformers import AutoTokenizer
 from agentrl.checkpoint import LoopState, find_checkpoint
 from agentrl.compat.slime_wandb import metric_sinks
 from agentrl.config import TrainConfig
-from agentrl.errors import ConfigError
+from agentrl.errors import ConfigError, TrainingError
 from agentrl.launch.base import Rollouts, Trainers
 from agentrl.metrics import MetricsLogger
 from agentrl.models.resolve import resolve_model
 from agentrl.rollout import Trajectory, summarize
 from agentrl.rollout.dump import write_dump
 from agentrl.rollout.manager import RolloutResult
-from agentrl.rollout.trajectory import check_trainable
+from agentrl.rollout.trajectory import check_trainable, describe_excluded
 from agentrl.shutdown import Interrupted, run_until_signalled
 from agentrl.trainers.batching import build_train_sequences
 from agentrl.trainers.dp_split import split_for_ranks
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -165,8 +168,19 @@ class _Run:
         return time.perf_counter() - started
 
     async def evaluate(self, step: int) -> dict[str, Any]:
+        """Play the eval datasets. Episodes that failed (an engine or env error) are left out of
+        the means and said loudly; an evaluation in which every episode failed stops the run.
+
+        Raises:
+            TrainingError: an eval dataset none of whose episodes finished.
+        """
         metrics: dict[str, Any] = {}
         for name, trajectories in (await self.rollouts.evaluate()).items():
+            if trajectories and all(t.excluded for t in trajectories):
+                raise TrainingError(f"evaluation {name!r} at step {step}: no episode finished.\n{describe_excluded(trajectories)}")
+            if any(t.excluded for t in trajectories):
+                log.warning("evaluation %r at step %d: its metrics average only the episodes that finished; %s", name, step,
+                            describe_excluded(trajectories))
             metrics |= {f"eval/{name}/{k}": v for k, v in episode_metrics(trajectories, self.cfg.n_samples_per_eval_prompt).items()}
             await asyncio.to_thread(write_dump, self.out / "evals" / f"{name}_step_{step:05d}.txt", trajectories, self.tokenizer)
         return metrics

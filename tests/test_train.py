@@ -256,6 +256,46 @@ def test_a_run_whose_every_episode_fails_exits_nonzero_with_the_traceback_and_sa
     assert stdout == ""  # no summary of a run that did not train
 
 
+FLAKY_EVAL_ENV = '''
+from agentrl.envs import register
+from agentrl.envs.math_env import MathEnv
+
+
+class FlakyEval(MathEnv):
+    """The math env, whose episodes fail in evaluation: every one, or those of odd tasks."""
+
+    def __init__(self, fail="none", **kwargs):
+        super().__init__(**kwargs)
+        self.fail = fail
+
+    async def reset(self, task, *, seed=None):
+        if self.fail == "all" or (self.fail == "odd" and task.index % 2):
+            raise RuntimeError("the eval env broke")
+        return await super().reset(task, seed=seed)
+
+
+register("flaky/Eval-v0", FlakyEval)
+'''
+
+
+@pytest.mark.parametrize("fail", ["odd", "all"])
+def test_an_evaluation_that_lost_episodes_says_so_and_one_that_lost_all_fails_the_run(tiny_llama_dir, data, tmp_path, fail):
+    (tmp_path / "flaky_env.py").write_text(FLAKY_EVAL_ENV)
+    out = tmp_path / "run"
+    proc = _cli("train", *args(tiny_llama_dir, data, out, "--num-rollout", "1", "--save-interval", "1", "--env", "flaky_env:flaky/Eval-v0",
+                               "--eval-env-kwargs", json.dumps({"fail": fail})), env=_pythonpath(tmp_path))
+    _, stderr = proc.communicate(timeout=300)
+    if fail == "odd":  # 3 of the 6 eval tasks fail: the run goes on, and says so at each evaluation
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "WARNING agentrl.train: evaluation 'small' at step 0: its metrics average only the episodes that finished; 3 of 6 episodes excluded (3 env_error)" in stderr
+        assert "the eval env broke" in stderr
+        assert [r["eval/small/excluded"] for r in records(out) if "eval/small/excluded" in r] == [3, 3]
+    else:
+        assert proc.returncode == 1, stderr[-3000:]
+        assert "evaluation 'small' at step 0: no episode finished." in stderr and "6 of 6 episodes excluded (6 env_error)" in stderr
+        assert "the eval env broke" in stderr
+
+
 def _children(pid):
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 

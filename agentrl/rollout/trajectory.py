@@ -167,8 +167,21 @@ def check_trainable(trajectories: Sequence[Trajectory], step: int) -> None:
         return
     if not trajectories:
         raise TrainingError(f"rollout step {step} played no episode: nothing to train on")
-    first = trajectories[0]
-    counts = ", ".join(f"{n} {k}" for k, n in Counter(t.termination.value for t in trajectories).items())
-    raise TrainingError(
-        f"rollout step {step}: none of its {len(trajectories)} episodes can be trained on ({counts}); nothing was saved.\n"
-        f"The first (task {first.task_index}, sample {first.sample_index}) ended as {first.termination.value}: {first.error}")
+    raise TrainingError(f"rollout step {step}: none of its {len(trajectories)} episodes can be trained on ({_terminations(trajectories)}); "
+                        f"nothing was saved.\n{_first_failure(trajectories[0])}")
+
+
+def describe_excluded(trajectories: Sequence[Trajectory]) -> str:
+    """How many of ``trajectories`` were excluded, how they ended, and the first one's error."""
+    failed = [t for t in trajectories if t.excluded]
+    if not failed:
+        return "no episode was excluded"
+    return f"{len(failed)} of {len(trajectories)} episodes excluded ({_terminations(failed)}).\n{_first_failure(failed[0])}"
+
+
+def _terminations(trajectories: Sequence[Trajectory]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in Counter(t.termination.value for t in trajectories).items())
+
+
+def _first_failure(t: Trajectory) -> str:
+    return f"The first (task {t.task_index}, sample {t.sample_index}) ended as {t.termination.value}: {t.error}"
