@@ -31,7 +31,7 @@ from transformers import AutoTokenizer
 from agentrl.checkpoint import LoopState, find_checkpoint
 from agentrl.compat.slime_wandb import metric_sinks
 from agentrl.config import TrainConfig
-from agentrl.errors import ConfigError, TrainingError
+from agentrl.errors import ConfigError
 from agentrl.launch.base import Rollouts, Trainers
 from agentrl.metrics import MetricsLogger
 from agentrl.models.resolve import resolve_model
@@ -169,15 +169,10 @@ class _Run:
 
     async def evaluate(self, step: int) -> dict[str, Any]:
         """Play the eval datasets. Episodes that failed (an engine or env error) are left out of
-        the means and said loudly; an evaluation in which every episode failed stops the run.
-
-        Raises:
-            TrainingError: an eval dataset none of whose episodes finished.
-        """
+        the means and said loudly, with the first one's error (training steps with nothing to
+        train on stop the run; evaluations do not)."""
         metrics: dict[str, Any] = {}
         for name, trajectories in (await self.rollouts.evaluate()).items():
-            if trajectories and all(t.excluded for t in trajectories):
-                raise TrainingError(f"evaluation {name!r} at step {step}: no episode finished.\n{describe_excluded(trajectories)}")
             if any(t.excluded for t in trajectories):
                 log.warning("evaluation %r at step %d: its metrics average only the episodes that finished; %s", name, step,
                             describe_excluded(trajectories))

@@ -279,7 +279,7 @@ register("flaky/Eval-v0", FlakyEval)
 
 
 @pytest.mark.parametrize("fail", ["odd", "all"])
-def test_an_evaluation_that_lost_episodes_says_so_and_one_that_lost_all_fails_the_run(tiny_llama_dir, data, tmp_path, fail):
+def test_an_evaluation_that_lost_episodes_says_so(tiny_llama_dir, data, tmp_path, fail):
     (tmp_path / "flaky_env.py").write_text(FLAKY_EVAL_ENV)
     out = tmp_path / "run"
     proc = _cli("train", *args(tiny_llama_dir, data, out, "--num-rollout", "1", "--save-interval", "1", "--env", "flaky_env:flaky/Eval-v0",
@@ -290,9 +290,9 @@ def test_an_evaluation_that_lost_episodes_says_so_and_one_that_lost_all_fails_th
         assert "WARNING agentrl.train: evaluation 'small' at step 0: its metrics average only the episodes that finished; 3 of 6 episodes excluded (3 env_error)" in stderr
         assert "the eval env broke" in stderr
         assert [r["eval/small/excluded"] for r in records(out) if "eval/small/excluded" in r] == [3, 3]
-    else:
-        assert proc.returncode == 1, stderr[-3000:]
-        assert "evaluation 'small' at step 0: no episode finished." in stderr and "6 of 6 episodes excluded (6 env_error)" in stderr
+    else:  # the evaluation lost every episode; training (its env kwargs unbroken) goes on
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "WARNING agentrl.train: evaluation 'small' at step 0: its metrics average only the episodes that finished; 6 of 6 episodes excluded (6 env_error)" in stderr
         assert "the eval env broke" in stderr
 
 
