@@ -23,13 +23,15 @@ and, last, one JSON line.
     python bench/trainer_gpu.py [--backends torch torch+liger torch+compile megatron hf ...] [--steps 4] [--tokens-per-step 65536]
                                 [--max-tokens 16384] [--profile]
 
-``--profile`` adds, for each contender, a table of the CUDA kernels of one more step.
+``--profile`` adds, for each contender, a table of the CUDA kernels of one more step. A contender
+that runs out of GPU memory is reported as such (``"error"`` in its result) and the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import random
 import tempfile
@@ -81,18 +83,18 @@ def run_agentrl(backend: str, model_dir: str, batches: list[list[TrainSequence]]
     cfg = TrainerConfig(bf16=True, lr=1e-6, use_dynamic_batch_size=True, max_tokens_per_gpu=max_tokens, use_liger_kernel="+liger" in backend,
                         torch_compile="+compile" in backend)
     trainer = build_trainer(backend.split("+")[0], model_dir, cfg, LossConfig(), device="cuda")
-    logprobs = torch.cat(trainer.logprobs(batches[0]))
-    rows = []
-    for seqs in batches:
-        fwd_bwd = timed(functools.partial(trainer.accumulate_gradients, seqs))
-        opt = timed(trainer.apply_gradients)
-        rows.append({"fwd_bwd_s": fwd_bwd, "optimizer_s": opt, "step_s": fwd_bwd + opt})
-    if profile:
-        print_profile(backend, functools.partial(trainer.accumulate_gradients, batches[-1]))
-    trainer.close()
-    del trainer
-    torch.cuda.empty_cache()
-    return rows, logprobs
+    try:
+        logprobs = torch.cat(trainer.logprobs(batches[0]))
+        rows = []
+        for seqs in batches:
+            fwd_bwd = timed(functools.partial(trainer.accumulate_gradients, seqs))
+            opt = timed(trainer.apply_gradients)
+            rows.append({"fwd_bwd_s": fwd_bwd, "optimizer_s": opt, "step_s": fwd_bwd + opt})
+        if profile:
+            print_profile(backend, functools.partial(trainer.accumulate_gradients, batches[-1]))
+        return rows, logprobs
+    finally:
+        trainer.close()  # the Megatron backend's parallel state too, so the next contender can take it
 
 
 def print_profile(name: str, fn) -> None:
@@ -167,24 +169,35 @@ def main() -> None:
         del model
         batches = [make_sequences(args.tokens_per_step, seed, *args.lengths) for seed in range(args.steps + 1)]  # the first step warms up
         for name in args.backends:
-            if name == "hf":
-                rows = run_plain(tmp, batches, args.baseline_max_tokens, args.profile)[1:]
-            else:
-                all_rows, logprobs[name] = run_agentrl(name, tmp, batches, args.max_tokens, args.profile)
-                rows = all_rows[1:]
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                if name == "hf":
+                    rows = run_plain(tmp, batches, args.baseline_max_tokens, args.profile)[1:]
+                else:
+                    all_rows, logprobs[name] = run_agentrl(name, tmp, batches, args.max_tokens, args.profile)
+                    rows = all_rows[1:]
+            except torch.OutOfMemoryError:
+                results[name] = {"error": f"CUDA out of memory ({torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated at the peak)"}
+            gc.collect()  # the contender's trainer (held by the traceback of an error until here)
+            torch.cuda.empty_cache()
+            if "error" in results.get(name, {}):
+                print(f"{name:12s} {results[name]['error']}", flush=True)
+                continue
             step_s = sum(r["step_s"] for r in rows) / len(rows)
             tokens = sum(sum(len(s) for s in b) for b in batches[1:]) / len(rows)
             mfu = sum(flops(params, b, cfg) for b in batches[1:]) / len(rows) / (step_s * PEAK_BF16)
             results[name] = {"step_s": step_s, "fwd_bwd_s": sum(r["fwd_bwd_s"] for r in rows) / len(rows),
-                             "optimizer_s": sum(r["optimizer_s"] for r in rows) / len(rows), "tokens_per_s": tokens / step_s, "mfu": mfu}
+                             "optimizer_s": sum(r["optimizer_s"] for r in rows) / len(rows), "tokens_per_s": tokens / step_s, "mfu": mfu,
+                             "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
             if name in logprobs and "torch" in logprobs and name != "torch":
                 results[name]["logprob_mean_abs_diff_vs_torch"] = float((logprobs[name] - logprobs["torch"]).abs().mean())
             print(f"{name:12s} step {step_s:.3f}s  fwd+bwd {results[name]['fwd_bwd_s']:.3f}s  optimizer {results[name]['optimizer_s']:.3f}s  "
-                  f"{results[name]['tokens_per_s']:.0f} tok/s  MFU {mfu:.3f}", flush=True)
+                  f"{results[name]['tokens_per_s']:.0f} tok/s  MFU {mfu:.3f}  peak {results[name]['peak_gib']:.1f} GiB", flush=True)
     print(json.dumps({"bench": "trainer_gpu", "device": torch.cuda.get_device_name(), "torch": torch.__version__, "params": params,
                       "attention": "varlen flash" if varlen_available() else "padded SDPA", "tokens_per_step": args.tokens_per_step,
                       "lengths": list(args.lengths), "max_tokens": args.max_tokens, "baseline_max_tokens": args.baseline_max_tokens,
-                      "results": results, "speedup_vs_hf": {k: results["hf"]["step_s"] / v["step_s"] for k, v in results.items()} if "hf" in results else None}))
+                      "results": results,
+                      "speedup_vs_hf": {k: results["hf"]["step_s"] / v["step_s"] for k, v in results.items() if "step_s" in v} if "step_s" in results.get("hf", {}) else None}))
 
 
 if __name__ == "__main__":

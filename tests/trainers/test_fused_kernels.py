@@ -73,8 +73,6 @@ def test_megatron_norms_run_the_given_kernel_with_the_same_logits(tmp_path):
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # both raised inside dynamo's tracing
-@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
 def test_compiled_decoder_layers_train_the_same_step_as_eager_ones(tiny_model_dir):
     sequences = make_sequences(8, group=2)
     config = TrainerConfig(bf16=False, use_dynamic_batch_size=True, max_tokens_per_gpu=256)
@@ -88,8 +86,6 @@ def test_compiled_decoder_layers_train_the_same_step_as_eager_ones(tiny_model_di
         assert float((grads[name] - p.grad).norm() / p.grad.norm()) < 1e-4, name
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
 def test_a_compiled_trainers_reference_model_keeps_the_initial_weights(tiny_model_dir):
     sequences = make_sequences(4, group=2)
     kl = LossConfig(use_kl_loss=True, kl_loss_coef=0.1)
@@ -129,7 +125,7 @@ def test_liger_kernels_keep_the_logprobs_and_train(tmp_path, kind):
     fused = TorchTrainer(model_dir, TrainerConfig(bf16=True, lr=1e-4, use_liger_kernel=True), LossConfig(), device="cuda")
     want, got = torch.cat(plain.logprobs(sequences)), torch.cat(fused.logprobs(sequences))
     assert float((got - want).abs().mean()) < 2e-2
-    assert type(fused.model.get_decoder().layers[0].mlp).__name__ == "LigerSwiGLUMLP"
+    assert fused.model.get_decoder().layers[0].mlp._get_name() == "LigerSwiGLUMLP"  # liger rebinds forward and the name, not the class
     assert fused.train_rollout(sequences, 8)["train/grad_norm"] == pytest.approx(plain.train_rollout(sequences, 8)["train/grad_norm"], rel=5e-2)
 
 
