@@ -156,25 +156,33 @@ def print_spread(runs: list[dict[str, Any]]) -> None:
 
 
 def plot(runs: list[dict[str, Any]], path: Path, *, questions: int) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in runs:
+    """Training rollouts over steps (left); the last evaluation per question type, a bar per run
+    with search and a black tick per run with search disabled (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    kinds = ["all"] + list(runs[0]["by_type"])
+    width = 0.8 / len(runs)
+    for i, r in enumerate(runs):
         name = Path(r["run"]).name if len(runs) > 1 else ""
         steps = [t["step"] for t in r["training"]]
         left.plot(steps, [t["rollout/info/searches"] for t in r["training"]], label=f"searches per episode {name}".strip())
         left.plot(steps, [t["rollout/info/correct"] for t in r["training"]], label=f"exact match (training) {name}".strip())
-        right.plot([e["step"] for e in r["evals"]], [e["em_search"] for e in r["evals"]], marker="o", label=f"with search {name}".strip())
-        right.plot([e["step"] for e in r["evals"]], [e["em_control"] for e in r["evals"]], marker="o", label=f"search disabled {name}".strip())
+        last = r["evals"][-1]
+        with_search = [last["em_search"]] + [row["em_search"] for row in r["by_type"].values()]
+        control = [last["em_control"]] + [row["em_control"] for row in r["by_type"].values()]
+        xs = np.arange(len(kinds)) - 0.4 + width * (i + 0.5)
+        right.bar(xs, with_search, width, label=f"with search {name} (step {r['step']})".strip())
+        right.scatter(xs, control, marker="_", color="black", s=120, label="search disabled" if i == 0 else None, zorder=3)
     left.set_xlabel("step")
     left.set_title("training rollouts")
     left.legend(fontsize="small")
-    right.set_xlabel("step")
+    right.set_xticks(np.arange(len(kinds)), [k.replace(" ", "\n", 1) for k in kinds], fontsize="small")
+    right.set_ylim(0, 1.3)
     right.set_ylabel("exact match")
-    right.set_title(f"{questions} held-out questions, greedy")
-    right.legend(fontsize="small")
+    right.set_title(f"{questions} held-out questions, greedy, last evaluation")
+    right.legend(fontsize="small", loc="upper center", ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-
 
 if __name__ == "__main__":
     main()
