@@ -7,8 +7,8 @@ for every contender. Contenders (``--backends``):
 * ``torch``: agentrl's PyTorch backend: packed micro-batches of at most ``--max-tokens`` tokens
   (no padding, varlen flash attention), bf16 autocast over fp32 master weights, fused AdamW;
 * ``torch+liger``: the same with ``--use-liger-kernel`` (liger-kernel's fused RMSNorm, SwiGLU, RoPE);
-* ``torch+compile``, ``torch+liger+compile``: with ``--torch-compile`` (each decoder layer compiled;
-  the warm-up step pays the compilation);
+* ``torch+compile``: with ``--torch-compile`` (each decoder layer compiled; the warm-up step pays
+  the compilation);
 * ``megatron``: agentrl's Megatron-Core backend, same packing, bf16 parameters with fp32 masters
   in Megatron's optimizer (PyTorch AdamW: no Apex or Transformer Engine here);
   ``megatron+liger``: the same with liger-kernel's RMSNorm as every norm;
@@ -46,7 +46,7 @@ from agentrl.trainers.build import build_trainer
 from agentrl.trainers.packed_attention import varlen_available
 from agentrl.trainers.torch_trainer import TrainerConfig
 
-BACKENDS = ("torch", "torch+liger", "torch+compile", "torch+liger+compile", "megatron", "megatron+liger", "hf")
+BACKENDS = ("torch", "torch+liger", "torch+compile", "megatron", "megatron+liger", "hf")
 PEAK_BF16 = 989e12  # H100 SXM dense bf16
 QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, tie_word_embeddings=True)

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
+from agentrl.errors import ConfigError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
 from agentrl.trainers.fused_kernels import apply_liger_kernel, compile_decoder_layers
@@ -106,6 +107,10 @@ class TorchTrainer:
     """
 
     def __init__(self, model_dir: str | Path, config: TrainerConfig, loss: LossConfig, *, device: str | torch.device = "cpu") -> None:
+        if config.use_liger_kernel and config.torch_compile:
+            raise ConfigError("--use-liger-kernel with --torch-compile: torch.compile fails tracing liger-kernel's autograd functions "
+                              "(torch 2.11, liger-kernel 0.8.5, on an H100); use --torch-compile alone, which fuses the same kernels "
+                              "and trained 1.5x faster than --use-liger-kernel on an H100 (docs/benchmarks.md)")
         self.config, self.loss = config, loss
         self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=PACKED_ATTENTION)

@@ -30,6 +30,11 @@ def test_liger_with_the_megatron_backend_on_a_cpu_is_refused_naming_the_device(t
         build_trainer("megatron", tiny_llama_dir, LIGER, LossConfig(), device="cpu")
 
 
+def test_liger_with_torch_compile_is_refused_before_the_model_loads(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--use-liger-kernel with --torch-compile: torch.compile fails tracing liger-kernel's"):
+        TorchTrainer(tmp_path / "no-model-here", dataclasses.replace(LIGER, torch_compile=True), LossConfig(), device="cpu")
+
+
 def test_torch_compile_with_the_megatron_backend_is_refused(tiny_llama_dir):
     with pytest.raises(ConfigError, match=r"^--torch-compile is for --train-backend torch"):
         build_trainer("megatron", tiny_llama_dir, TrainerConfig(bf16=False, torch_compile=True), LossConfig(), device="cpu")

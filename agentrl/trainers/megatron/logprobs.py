@@ -57,8 +57,8 @@ class _ShardedLogSoftmax(torch.autograd.Function):
     def backward(ctx: Any, grad_logp: Tensor, grad_entropy: Tensor) -> tuple[Tensor | None, ...]:
         p, z, local, mine, expected = ctx.saved_tensors
         grad = -p * grad_logp[:, None]
-        rows = mine.nonzero().squeeze(-1)
-        grad[rows, local[rows]] += grad_logp[rows]
+        if grad.shape[1]:  # onehot_t on the owner's shard; a masked scatter, as indexing by mine.nonzero() would wait on the GPU
+            grad.scatter_add_(1, local.clamp(0, grad.shape[1] - 1)[:, None], torch.where(mine, grad_logp, 0.0)[:, None])
         if ctx.with_entropy:
             grad -= p * (z - expected[:, None]) * grad_entropy[:, None]
         return grad, None, None, None, None
