@@ -31,7 +31,7 @@ from transformers import AutoTokenizer
 from agentrl.checkpoint import LoopState, find_checkpoint
 from agentrl.compat.slime_wandb import metric_sinks
 from agentrl.config import TrainConfig
-from agentrl.errors import ConfigError
+from agentrl.errors import ConfigError, TrainingError
 from agentrl.launch.base import Rollouts, Trainers
 from agentrl.metrics import MetricsLogger
 from agentrl.models.resolve import resolve_model
@@ -51,7 +51,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     Raises:
         TrainingError: a rollout step left no episode to train on (the message holds the first
-            failed episode's error and traceback); nothing is saved then.
+            failed episode's error and traceback); nothing is saved then. Or, once training has
+            finished and saved, an evaluation lost every one of its episodes.
         Interrupted: SIGINT or SIGTERM stopped the run (launched engines are stopped first);
             the message says where to resume from.
     """
@@ -96,6 +97,7 @@ class _Run:
         self.step = 0  # the step being played or trained, counted from 1 as in metrics.jsonl
         self.weight_version = 0  # what the engines serve
         self.saved: Path | None = self.checkpoint  # the newest checkpoint of this run
+        self.lost_evals: list[str] = []  # evaluations that lost every episode: the run fails once trained and saved
 
     async def main(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -112,6 +114,9 @@ class _Run:
             await self.trainers.export_hf(self.out / "hf_model")
         await asyncio.to_thread(self.tokenizer.save_pretrained, self.out / "hf_model")
         self.logger.close()
+        if self.lost_evals:
+            raise TrainingError(f"the run trained and saved {self.out / 'hf_model'}, but these evaluations lost every episode, so "
+                                f"measured nothing: {'; '.join(self.lost_evals)}")
         return last
 
     async def loop(self, start: int) -> dict[str, Any]:
@@ -169,13 +174,16 @@ class _Run:
 
     async def evaluate(self, step: int) -> dict[str, Any]:
         """Play the eval datasets. Episodes that failed (an engine or env error) are left out of
-        the means and said loudly, with the first one's error (training steps with nothing to
-        train on stop the run; evaluations do not)."""
+        the means and said loudly, with the first one's error; an evaluation that lost every
+        episode fails the run once training is done (stopping here would pre-empt a training
+        step's own error)."""
         metrics: dict[str, Any] = {}
         for name, trajectories in (await self.rollouts.evaluate()).items():
             if any(t.excluded for t in trajectories):
                 log.warning("evaluation %r at step %d: its metrics average only the episodes that finished; %s", name, step,
                             describe_excluded(trajectories))
+            if trajectories and all(t.excluded for t in trajectories):
+                self.lost_evals.append(f"{name!r} at step {step} ({describe_excluded(trajectories)})")
             metrics |= {f"eval/{name}/{k}": v for k, v in episode_metrics(trajectories, self.cfg.n_samples_per_eval_prompt).items()}
             await asyncio.to_thread(write_dump, self.out / "evals" / f"{name}_step_{step:05d}.txt", trajectories, self.tokenizer)
         return metrics

@@ -290,10 +290,12 @@ def test_an_evaluation_that_lost_episodes_says_so(tiny_llama_dir, data, tmp_path
         assert "WARNING agentrl.train: evaluation 'small' at step 0: its metrics average only the episodes that finished; 3 of 6 episodes excluded (3 env_error)" in stderr
         assert "the eval env broke" in stderr
         assert [r["eval/small/excluded"] for r in records(out) if "eval/small/excluded" in r] == [3, 3]
-    else:  # the evaluation lost every episode; training (its env kwargs unbroken) goes on
-        assert proc.returncode == 0, stderr[-3000:]
+    else:  # every evaluation lost every episode: training (its env kwargs unbroken) goes on and saves, then the run fails
+        assert proc.returncode == 1, stderr[-3000:]
         assert "WARNING agentrl.train: evaluation 'small' at step 0: its metrics average only the episodes that finished; 6 of 6 episodes excluded (6 env_error)" in stderr
-        assert "the eval env broke" in stderr
+        assert "but these evaluations lost every episode, so measured nothing: 'small' at step 0 (6 of 6 episodes excluded (6 env_error)" in stderr
+        assert "'small' at step 1 (6 of 6" in stderr and "the eval env broke" in stderr
+        assert (out / "hf_model" / "config.json").exists() and (out / "checkpoints").exists()
 
 
 def _children(pid):

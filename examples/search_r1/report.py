@@ -184,5 +184,6 @@ def plot(runs: list[dict[str, Any]], path: Path, *, questions: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 
+
 if __name__ == "__main__":
     main()
