@@ -17,7 +17,9 @@ pytest.importorskip("sglang_router")
 def test_training_through_the_router_keeps_every_worker_on_the_trained_weights(tiny_dir, tmp_path, monkeypatch, weight_sync):
     data = tmp_path / "tasks.jsonl"
     data.write_text("".join(json.dumps({"input": f"What is {i} + 1?", "label": str(i + 1)}) + "\n" for i in range(8)))
-    (tmp_path / "length_rm.py").write_text("async def reward(args, sample, **kw):\n    return float(len(sample.response) % 3)\n")
+    # a reward that differs between almost any two responses, so every step has groups to train on (with len % 3,
+    # all four groups of a step tied about 1% of the time: nothing trained, no train/ metrics to check)
+    (tmp_path / "length_rm.py").write_text("async def reward(args, sample, **kw):\n    return sum(map(ord, sample.response)) % 97 / 97\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     train(load_config([
