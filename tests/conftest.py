@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _forget_plugins_written_by_the_test(tmp_path_factory):
+    """Plug-in modules a test writes into its tmp dir leave ``sys.modules`` with the test.
+
+    Several tests write a module of the same name (``length_rm``) with different bodies; a later
+    in-process ``train`` would otherwise import the first test's module from the cache, while a
+    subprocess imports the file it was given.
+    """
+    before = set(sys.modules)
+    yield
+    base = Path(tmp_path_factory.getbasetemp()).resolve()
+    for name in set(sys.modules) - before:
+        file = getattr(sys.modules[name], "__file__", None)
+        if file and Path(file).resolve().is_relative_to(base):
+            del sys.modules[name]
 
 
 @pytest.fixture(scope="session")

@@ -19,11 +19,11 @@ def test_training_through_the_router_keeps_every_worker_on_the_trained_weights(t
     data.write_text("".join(json.dumps({"input": f"What is {i} + 1?", "label": str(i + 1)}) + "\n" for i in range(8)))
     # a reward that differs between almost any two responses, so every step has groups to train on (with len % 3,
     # all four groups of a step tied about 1% of the time: nothing trained, no train/ metrics to check)
-    (tmp_path / "length_rm.py").write_text("async def reward(args, sample, **kw):\n    return sum(map(ord, sample.response)) % 97 / 97\n")
+    (tmp_path / "char_sum_rm.py").write_text("async def reward(args, sample, **kw):\n    return sum(map(ord, sample.response)) % 97 / 97\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     train(load_config([
-        "--hf-checkpoint", str(tiny_dir), "--prompt-data", str(data), "--custom-rm-path", "length_rm.reward", "--no-bf16",
+        "--hf-checkpoint", str(tiny_dir), "--prompt-data", str(data), "--custom-rm-path", "char_sum_rm.reward", "--no-bf16",
         "--rollout-batch-size", "4", "--n-samples-per-prompt", "2", "--rollout-max-response-len", "8", "--num-rollout", "3",
         "--lr", "1e-3", "--output-dir", str(out), "--rollout-num-engines", "2", "--weight-sync", weight_sync,
         "--router-policy", "round_robin",
