@@ -124,31 +124,36 @@ class _Run:
         cfg, last = self.cfg, {}
         bar = tqdm(range(start, cfg.num_rollout), desc="train", initial=start, total=cfg.num_rollout, dynamic_ncols=True)
         pending: asyncio.Task[RolloutResult] | None = None
-        for step in bar:
-            self.step = step + 1
-            if cfg.eval_interval and step % cfg.eval_interval == 0 and not (step == 0 and cfg.skip_eval_before_train):
-                await self.logger.alog(step, await self.evaluate(step))
-            started = time.perf_counter()
-            result = await (pending or self.rollouts.rollout(step))
-            pending = None
-            check_trainable(result.trajectories, step + 1)
-            metrics = rollout_metrics(result, cfg.n_samples_per_prompt)
-            if cfg.train_async:  # push the weights of the last step, then overlap the next rollout with training
-                if step > start:
-                    metrics["perf/weight_sync_time_s"] = await self.push_weights(step)
-                if step + 1 < cfg.num_rollout:
-                    pending = asyncio.create_task(self.rollouts.rollout(step + 1))
-            metrics |= await self.train_step(result.trajectories)
-            if not cfg.train_async:
-                metrics["perf/weight_sync_time_s"] = await self.push_weights(step + 1)
-            metrics["perf/step_time_s"] = time.perf_counter() - started
-            metrics["weight_version"] = self.weight_version
-            await self.logger.alog(step + 1, metrics)
-            last = metrics
-            bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
-            await asyncio.to_thread(write_dump, self.out / "rollouts" / f"step_{step + 1:05d}.txt", result.trajectories, self.tokenizer)
-            if (cfg.save_interval and (step + 1) % cfg.save_interval == 0) or step + 1 == cfg.num_rollout:
-                await self.save(step + 1, result.data_position)
+        try:
+            for step in bar:
+                self.step = step + 1
+                if cfg.eval_interval and step % cfg.eval_interval == 0 and not (step == 0 and cfg.skip_eval_before_train):
+                    await self.logger.alog(step, await self.evaluate(step))
+                started = time.perf_counter()
+                result = await (pending or self.rollouts.rollout(step))
+                pending = None
+                check_trainable(result.trajectories, step + 1)
+                metrics = rollout_metrics(result, cfg.n_samples_per_prompt)
+                if cfg.train_async:  # push the weights of the last step, then overlap the next rollout with training
+                    if step > start:
+                        metrics["perf/weight_sync_time_s"] = await self.push_weights(step)
+                    if step + 1 < cfg.num_rollout:
+                        pending = asyncio.create_task(self.rollouts.rollout(step + 1))
+                metrics |= await self.train_step(result.trajectories)
+                if not cfg.train_async:
+                    metrics["perf/weight_sync_time_s"] = await self.push_weights(step + 1)
+                metrics["perf/step_time_s"] = time.perf_counter() - started
+                metrics["weight_version"] = self.weight_version
+                await self.logger.alog(step + 1, metrics)
+                last = metrics
+                bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}")
+                await asyncio.to_thread(write_dump, self.out / "rollouts" / f"step_{step + 1:05d}.txt", result.trajectories, self.tokenizer)
+                if (cfg.save_interval and (step + 1) % cfg.save_interval == 0) or step + 1 == cfg.num_rollout:
+                    await self.save(step + 1, result.data_position)
+        finally:  # an error or a cancellation mid-step must not leave the next step's rollout playing on
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
         return last
 
     # ------------------------------------------------------------------ phases

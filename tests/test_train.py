@@ -372,3 +372,31 @@ def test_dumps_checkpoints_plots_and_the_export_run_off_the_event_loop(tiny_llam
     monkeypatch.setattr(TorchTrainer, "save_hf", recorded("export", TorchTrainer.save_hf))
     train(load_config(args(tiny_llama_dir, data, tmp_path / "run", "--num-rollout", "2", "--train-async")))
     assert threads == {"dump": {False}, "checkpoint": {False}, "plot": {False}, "export": {False}}
+
+
+def test_a_failing_train_step_under_train_async_cancels_the_rollout_it_overlapped(tiny_llama_dir, data, tmp_path, monkeypatch):
+    """The next step's rollout runs beside training: when training fails, it is cancelled and awaited, not left playing."""
+    import asyncio
+
+    from agentrl.rollout.manager import RolloutManager
+
+    ends: dict[int, str] = {}
+    real_rollout = RolloutManager.rollout
+
+    async def rollout(self, step):
+        try:
+            result = await real_rollout(self, step)
+        except asyncio.CancelledError:
+            ends[step] = "cancelled"
+            raise
+        ends[step] = "finished"
+        return result
+
+    def broken(self, sequences, num_samples):
+        raise RuntimeError("the trainer broke")
+
+    monkeypatch.setattr(RolloutManager, "rollout", rollout)
+    monkeypatch.setattr(TorchTrainer, "train_rollout", broken)
+    with pytest.raises(RuntimeError, match="the trainer broke"):
+        train(load_config(args(tiny_llama_dir, data, tmp_path / "run", "--num-rollout", "3", "--train-async", "--skip-eval-before-train")))
+    assert ends == {0: "finished", 1: "cancelled"}
