@@ -49,6 +49,7 @@ from agentrl.rollout.trajectory import Termination, Trajectory
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+CLOSE_TIMEOUT_S = 60.0  # env.close is cleanup: one that takes longer is abandoned with a warning
 INTERRUPTED = "interrupted: the rollout step had all the groups it needed"
 """The error of an episode an :class:`Interrupt` ended (without partial rollout)."""
 
@@ -485,15 +486,17 @@ class RolloutRunner:
 
 
 async def _close_env(episode: _Episode) -> None:
-    """Close the episode's env, once; a failing close is logged and noted in its info."""
+    """Close the episode's env, once, within :data:`CLOSE_TIMEOUT_S`; a close that fails or hangs
+    is logged and noted in its info (a hung close must not hold up the step's other episodes)."""
     env, episode.env = episode.env, None
     if env is None:
         return
     try:
-        await env.close()
+        await asyncio.wait_for(env.close(), CLOSE_TIMEOUT_S)
     except Exception as e:  # a failing close must not lose the episode
-        log.warning("env.close raised %s: %s", type(e).__name__, e)
-        episode.info = {**episode.info, "close_error": f"{type(e).__name__}: {e}"}
+        error = f"did not return within {CLOSE_TIMEOUT_S:g} s" if isinstance(e, TimeoutError) else f"raised {type(e).__name__}: {e}"
+        log.warning("env.close of task %d, sample %d %s", episode.task.index, episode.sample_index, error)
+        episode.info = {**episode.info, "close_error": f"env.close {error}"}
 
 
 def _stop_aborted(episode: _Episode, generation: Generation, interrupt: Interrupt | None) -> None:

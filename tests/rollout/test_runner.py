@@ -71,6 +71,23 @@ async def test_a_failing_env_ends_only_its_own_episode(tokenizer, fault, termina
     assert all(t.excluded for t in trajs[2:])  # a hung env says nothing about the policy either
 
 
+@pytest.mark.parametrize(("fault", "message"), [("raise", "env.close raised OSError: container gone"),
+                                                 ("hang", "env.close did not return within 0.1 s")])
+async def test_a_close_that_fails_or_hangs_keeps_the_episode_and_is_noted(tokenizer, monkeypatch, fault, message):
+    import agentrl.rollout.runner
+
+    class BadClose(TagSearchEnv):
+        async def close(self) -> None:
+            if fault == "hang":
+                await asyncio.sleep(3600)
+            raise OSError("container gone")
+
+    monkeypatch.setattr(agentrl.rollout.runner, "CLOSE_TIMEOUT_S", 0.1)
+    trajs = await asyncio.wait_for(runner(tokenizer, BadClose, n_samples_per_prompt=2).run(TASKS, progress=False), 30)
+    assert [t.termination for t in trajs] == [Termination.DONE] * 4 and [t.reward for t in trajs[:2]] == [1.0, 1.0]
+    assert all(t.info["close_error"] == message for t in trajs)
+
+
 async def test_episode_timeout_covers_generation_too(tokenizer):
     class SlowPolicy(Policy):
         async def generate(self, input_ids, sampling, *, rid=None):
