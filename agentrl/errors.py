@@ -46,6 +46,12 @@ class EnvStateError(EnvError):
     """The env was driven out of order: ``step`` before ``reset``, or after the episode ended."""
 
 
+class ChatTemplateError(AgentRLError):
+    """The chat template refused a conversation (its own ``raise_exception``: roles that do not
+    alternate, a system message it does not support ...), or the tokenizer has none. In a rollout
+    it ends the episode as ``env_error``; at the OpenAI endpoint it is a 400."""
+
+
 class PolicyError(AgentRLError):
     """The inference engine failed or answered something that breaks the policy contract."""
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from agentrl.envs.core import Action, Env, Message, Task, ToolCall
 from agentrl.envs.tool_calls import parse_hermes
-from agentrl.errors import EnvError, EnvStateError
+from agentrl.errors import ChatTemplateError, EnvError, EnvStateError
 
 PROBE_ACTIONS: tuple[Action, ...] = (
     Action("Let me think step by step. The answer is \\boxed{0}."),
@@ -423,7 +423,8 @@ def _check_tool_turn(renderer: Any, opening: list[Message], tools: list[dict[str
     try:
         text = renderer.render([*opening, call, answer], tools=tools, add_generation_prompt=True)
     except Exception as e:
-        raise _Failed(f"the chat template cannot render a tool call and its 'tool' answer: {type(e).__name__}: {e}; "
+        reason = e.__cause__ if isinstance(e, ChatTemplateError) and e.__cause__ else e  # the template's own words
+        raise _Failed(f"the chat template cannot render a tool call and its 'tool' answer: {type(reason).__name__}: {reason}; "
                       "use a template that renders tool messages (chat_template=...)") from None
     _check_rendered([call, answer], text, "a tool call and its answer")
 

@@ -27,8 +27,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
+import jinja2
+
 from agentrl.envs.core import Message
-from agentrl.errors import AgentRLError
+from agentrl.errors import AgentRLError, ChatTemplateError
 from agentrl.policies.base import Generation
 from agentrl.rollout.trajectory import Segment
 
@@ -72,15 +74,19 @@ class ChatRenderer:
 
     def _apply(self, messages: list[Message], tools: list[dict[str, Any]] | None, add_generation_prompt: bool) -> str:
         prefill = add_generation_prompt and bool(messages) and messages[-1]["role"] == "assistant"
-        return str(self.tokenizer.apply_chat_template(
-            messages,
-            tools=tools,
-            chat_template=self.chat_template,
-            add_generation_prompt=add_generation_prompt and not prefill,
-            continue_final_message=prefill,
-            tokenize=False,
-            **self.template_kwargs,
-        ))
+        try:
+            return str(self.tokenizer.apply_chat_template(
+                messages,
+                tools=tools,
+                chat_template=self.chat_template,
+                add_generation_prompt=add_generation_prompt and not prefill,
+                continue_final_message=prefill,
+                tokenize=False,
+                **self.template_kwargs,
+            ))
+        except (jinja2.TemplateError, ValueError) as e:
+            roles = ", ".join(str(m.get("role")) for m in messages)
+            raise ChatTemplateError(f"{self._template_name()} refused a conversation with roles [{roles}]: {e}") from e
 
     def _warn_if_tools_ignored(self, with_tools: str, without_tools: str, tools: list[dict[str, Any]]) -> None:
         names = [str(t.get("function", t).get("name")) for t in tools]
@@ -132,7 +138,7 @@ class TokenConversation:
         self.segments: list[Segment] = []
         self._prefill = _prefill(self.messages)
         self._text = ""  # the current segment's text so far (set by _start_segment)
-        self._start_segment()
+        self._start_segment(self.renderer.render(self.messages, tools=self.tools, add_generation_prompt=True))
 
     @property
     def segment(self) -> Segment:
@@ -171,17 +177,17 @@ class TokenConversation:
     def add_observation(self, observation: list[Message], bridge: tuple[list[int], bool]) -> None:
         """Append ``observation`` with the ids :meth:`bridge_ids` computed for it."""
         ids, in_place = bridge
+        if not in_place and self.mode == "append":  # raised before anything changes
+            raise PrefixMismatchError(
+                "the chat template is not append-only for this conversation (it rewrote an earlier "
+                "turn); use bridge mode 'auto' or 'segment'"
+            )
         self.messages.extend(observation)
         self._prefill = _prefill(observation)
         if in_place:
             self.segment.append(ids, sampled=False)
             self._text += self.renderer.decode(ids)
             return
-        if self.mode == "append":
-            raise PrefixMismatchError(
-                "the chat template is not append-only for this conversation (it rewrote an earlier "
-                "turn); use bridge mode 'auto' or 'segment'"
-            )
         if self.mode == "auto":
             self.prefix_mismatches += 1
         self.segments.append(Segment(prompt_ids=ids))
@@ -195,13 +201,13 @@ class TokenConversation:
         their segments and the rewrite is counted in ``prefix_mismatches``, in every mode (it is
         the client's doing, not the template's, so ``append`` mode does not raise).
         """
+        text = self.renderer.render(list(messages), tools=tools, add_generation_prompt=True)  # a refusal changes nothing
         self.messages, self.tools = list(messages), tools
         self._prefill = _prefill(self.messages)
         self.prefix_mismatches += 1
-        self._start_segment()
+        self._start_segment(text)
 
-    def _start_segment(self) -> None:
-        text = self.renderer.render(self.messages, tools=self.tools, add_generation_prompt=True)
+    def _start_segment(self, text: str) -> None:
         self.segments.append(Segment(prompt_ids=self.renderer.encode(text)))
         self._text = self.renderer.decode(self.segment.prompt_ids)
 

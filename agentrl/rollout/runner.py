@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from agentrl.envs.core import Action, Env, Message, StepResult, Task
 from agentrl.envs.tool_calls import get_tool_parser
-from agentrl.errors import EnvError, EnvTimeoutError, PolicyError
+from agentrl.errors import ChatTemplateError, EnvError, EnvTimeoutError, PolicyError
 from agentrl.policies.base import Generation, Policy, SamplingParams
 from agentrl.rollout.conversation import BridgeMode, ChatRenderer, TokenConversation
 from agentrl.rollout.driven import DrivenEnv, EpisodeContext
@@ -311,7 +311,7 @@ class RolloutRunner:
             episode.end(Termination.TIMEOUT, f"episode exceeded episode_timeout_s={self.config.episode_timeout_s}")
         except EnvTimeoutError as e:
             episode.end(Termination.TIMEOUT, str(e))
-        except EnvError as e:
+        except (EnvError, ChatTemplateError) as e:  # the template refusing the env's messages ends only this episode
             log.warning("episode (task %d, sample %d) ended by an env error: %s", episode.task.index, episode.sample_index, e)
             episode.end(Termination.ENV_ERROR, _with_traceback(e))
         except PolicyError as e:

@@ -33,9 +33,9 @@ from typing import Any
 
 from agentrl.envs.core import Message
 from agentrl.envs.tool_calls import ToolCallParser
-from agentrl.errors import PolicyError
+from agentrl.errors import ChatTemplateError, PolicyError
 from agentrl.policies.base import Generation, SamplingParams
-from agentrl.rollout.conversation import BridgeMode, ChatRenderer, TokenConversation
+from agentrl.rollout.conversation import BridgeMode, ChatRenderer, PrefixMismatchError, TokenConversation
 from agentrl.rollout.runner import derive_seed
 from agentrl.rollout.trajectory import Termination
 from agentrl.serving.openai_protocol import ChatRequest, Choice, OpenAIError, assistant_key, make_choice, template_message
@@ -121,19 +121,25 @@ class Session:
 
     def _advance(self, request: ChatRequest) -> str:
         """Bring the conversation to the request's messages (open, bridge or rewrite); returns
-        the prefill the next turn continues (``""`` for none)."""
-        messages = [self._template(m) for m in request.messages]
+        the prefill the next turn continues (``""`` for none). Messages the chat template refuses
+        are a 400 that leaves the session as it was."""
+        try:
+            return self._bring_to([self._template(m) for m in request.messages], request.tools)
+        except (ChatTemplateError, PrefixMismatchError) as e:
+            raise OpenAIError(400, str(e), param="messages", code="chat_template_refused") from e
+
+    def _bring_to(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> str:
         conversation = self.conversation
         if conversation is None:
-            self.conversation = TokenConversation(self.renderer, messages, tools=request.tools, mode=self.config.bridge_mode)
+            self.conversation = TokenConversation(self.renderer, messages, tools=tools, mode=self.config.bridge_mode)
             return _prefill(messages)
         known = conversation.messages
-        if request.tools == conversation.tools and messages[: len(known)] == known:
+        if tools == conversation.tools and messages[: len(known)] == known:
             new = messages[len(known):]
             conversation.add_observation(new, conversation.bridge_ids(new))
             return _prefill(new)
+        conversation.restart(messages, tools=tools)
         self.history_edits += 1
-        conversation.restart(messages, tools=request.tools)
         return _prefill(messages)
 
     def _template(self, message: dict[str, Any]) -> Message:

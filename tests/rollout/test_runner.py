@@ -88,6 +88,16 @@ async def test_a_close_that_fails_or_hangs_keeps_the_episode_and_is_noted(tokeni
     assert all(t.info["close_error"] == message for t in trajs)
 
 
+async def test_messages_the_chat_template_refuses_end_only_their_episode_as_an_env_error(tokenizer):
+    refuses_peru = "{%- if 'Peru' in messages[0]['content'] %}{{ raise_exception('no questions about Peru') }}{%- endif %}"
+    renderer = ChatRenderer(tokenizer, chat_template=refuses_peru + tokenizer.chat_template)
+    run = RolloutRunner(ScriptedPolicy(tokenizer, ["<answer>Paris</answer>"]), renderer, TagSearchEnv, RolloutConfig(n_samples_per_prompt=2))
+    trajs = await run.run(TASKS, progress=False)
+    assert [t.termination for t in trajs] == [Termination.DONE] * 2 + [Termination.ENV_ERROR] * 2
+    assert all(t.error.startswith("the chat_template passed to ChatRenderer refused a conversation with roles [user]: no questions about Peru")
+               for t in trajs[2:])
+
+
 async def test_episode_timeout_covers_generation_too(tokenizer):
     class SlowPolicy(Policy):
         async def generate(self, input_ids, sampling, *, rid=None):

@@ -85,6 +85,33 @@ async def test_edited_history_starts_a_counted_segment_and_the_session_goes_on(s
     assert tokenizer.decode(record["segments"][2]["prompt_ids"]) == rendered
 
 
+REFUSES_USER_AFTER_USER = ("{%- for m in messages %}{%- if not loop.first and m['role'] == 'user' and loop.previtem['role'] == 'user' %}"
+                           "{{ raise_exception('roles must alternate') }}{%- endif %}{%- endfor %}")
+
+
+async def test_messages_the_chat_template_refuses_get_a_400_and_leave_the_session_as_it_was(tokenizer):
+    renderer = ChatRenderer(tokenizer, chat_template=REFUSES_USER_AFTER_USER + tokenizer.chat_template)
+    api = OpenAIAPI(policy_generate(ScriptedPolicy(tokenizer, SCRIPT)), renderer)
+    tools = toolset().schemas
+    async with OpenAIServer(api) as server:
+        session = api.open_session()
+        async with client(server, session) as c:
+            messages = [{"role": "user", "content": TASK.prompt}]
+            call = (await c.chat.completions.create(model="m", messages=messages, tools=tools)).choices[0].message.tool_calls[0]
+            messages += [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]}, {"role": "tool", "tool_call_id": call.id, "content": "5"}]
+            pair = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+            for refused_messages in ([*messages, *pair], pair):  # appended to the session, and a rewritten history
+                with pytest.raises(openai.BadRequestError) as refused:
+                    await c.chat.completions.create(model="m", messages=refused_messages, tools=tools)
+                assert refused.value.code == "chat_template_refused" and refused.value.param == "messages"
+                roles = ", ".join(m["role"] for m in refused_messages)
+                assert f"refused a conversation with roles [{roles}]: roles must alternate" in refused.value.message
+            await c.chat.completions.create(model="m", messages=messages, tools=tools)
+    record = session.record()
+    assert (record["turns"], len(record["segments"]), record["prefix_mismatches"], record["history_edits"]) == (2, 1, 0, 0)
+    assert [m["role"] for m in record["messages"]] == ["user", "assistant", "tool", "assistant"]
+
+
 async def test_sessions_over_http_models_and_unrecorded_requests(served):
     api, server = served
     async with aiohttp.ClientSession(server.url) as http:
