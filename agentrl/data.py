@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentrl.envs.core import Task
+from agentrl.envs.core import Task, is_message
 from agentrl.errors import AgentRLError, DataError
 
 
@@ -117,8 +117,9 @@ def _to_task(row: Any, where: str, index: int, keys: TaskKeys) -> Task:
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     prompt = _field(row, keys.input_key, where, "--input-key")
-    if not isinstance(prompt, (str, list)):
-        raise DataError(f"{where}: field {keys.input_key!r} must be a string or a list of messages")
+    if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(map(is_message, prompt)))):
+        raise DataError(f"{where}: field {keys.input_key!r} must be a string or a non-empty list of messages "
+                        f"{{'role': str, 'content': str}}, got {prompt!r:.120}")
     label = None if keys.label_key is None else _field(row, keys.label_key, where, "--label-key")
     metadata = row.get(keys.metadata_key) or {}
     if not isinstance(metadata, dict):

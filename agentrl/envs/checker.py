@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.envs.core import Action, Env, Message, Task, ToolCall
+from agentrl.envs.core import Action, Env, Message, Task, ToolCall, is_message
 from agentrl.envs.tool_calls import parse_hermes
 from agentrl.errors import ChatTemplateError, EnvError, EnvStateError
 
@@ -445,10 +445,7 @@ def _check_stitched(renderer: Any, stitched: list[int], full: list[int], step: i
 def _check_messages(messages: Any, where: str) -> None:
     _expect(isinstance(messages, list), f"{where} returned observation of type {type(messages).__name__}, expected a list of messages")
     for m in messages:
-        _expect(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str),
-            f"{where} returned message {m!r:.80}; messages are {{'role': str, 'content': str}}",
-        )
+        _expect(is_message(m), f"{where} returned message {m!r:.80}; messages are {{'role': str, 'content': str}}")
 
 
 def _check_info(info: Any, where: str) -> None:

@@ -24,6 +24,11 @@ from typing import Any, ClassVar, Literal, NamedTuple
 Message = dict[str, Any]
 """A chat message as chat templates take it: ``{"role": "user", "content": "..."}``."""
 
+
+def is_message(value: Any) -> bool:
+    """Whether ``value`` is a :data:`Message`: a dict with a string ``role`` and string ``content``."""
+    return isinstance(value, dict) and isinstance(value.get("role"), str) and isinstance(value.get("content"), str)
+
 FinishReason = Literal["stop", "length", "abort"]
 """Why generation of one turn ended (SGLang's ``finish_reason.type``)."""
 

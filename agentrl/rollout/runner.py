@@ -37,7 +37,7 @@ from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
-from agentrl.envs.core import Action, Env, Message, StepResult, Task
+from agentrl.envs.core import Action, Env, Message, StepResult, Task, is_message
 from agentrl.envs.tool_calls import get_tool_parser
 from agentrl.errors import ChatTemplateError, EnvError, EnvTimeoutError, PolicyError
 from agentrl.policies.base import Generation, Policy, SamplingParams
@@ -550,7 +550,5 @@ def _with_traceback(error: BaseException) -> str:
 
 
 def _check_messages(messages: Any, where: str) -> None:
-    if not isinstance(messages, list) or not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
-    ):
+    if not isinstance(messages, list) or not all(map(is_message, messages)):
         raise EnvError(f"{where} must return a list of messages {{'role': str, 'content': str}}, got {messages!r:.200}")
