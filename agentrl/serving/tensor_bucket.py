@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import importlib
 import io
+import math
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,10 +114,23 @@ def decode(text: str, load_format: str | None) -> list[tuple[str, torch.Tensor]]
     if load_format == "flattened_bucket":
         if not (isinstance(obj, dict) and isinstance(obj.get("flattened_tensor"), torch.Tensor) and isinstance(obj.get("metadata"), list)):
             raise PayloadError("a flattened bucket is {'flattened_tensor': tensor, 'metadata': [FlattenedTensorMetadata, ...]}")
+        _check_metadata(obj["flattened_tensor"], obj["metadata"])
         return unflatten(obj["flattened_tensor"], obj["metadata"])
     if not (isinstance(obj, list) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], torch.Tensor) for p in obj)):
         raise PayloadError("without load_format the payload is a list of (name, tensor)")
     return [(str(name), tensor) for name, tensor in obj]
+
+
+def _check_metadata(flat: torch.Tensor, metadata: list[Any]) -> None:
+    """Each entry names a tensor and a slice of ``flat`` that holds exactly its shape."""
+    for k, m in enumerate(metadata):
+        try:
+            name, shape, start, end = str(m.name), [int(n) for n in m.shape], int(m.start_idx), int(m.end_idx)
+        except (AttributeError, TypeError, ValueError):
+            raise PayloadError(f"metadata[{k}] is {m!r:.80}; expected FlattenedTensorMetadata (name, shape, start_idx, end_idx)") from None
+        if not 0 <= start <= end <= flat.numel() or math.prod(shape) != end - start:
+            raise PayloadError(f"metadata[{k}] ({name}): elements [{start}, {end}) of a {flat.numel()}-element bucket "
+                               f"cannot hold shape {shape}")
 
 
 class _AllowlistUnpickler(pickle.Unpickler):
