@@ -193,8 +193,12 @@ class WeightsAPI:
             group = self._group(body["group_name"], endpoint=endpoint)
         except BadRequest as e:
             return _failure(str(e))
-        await self._collectives.run(group.destroy)
-        del self.groups[group.name]
+        del self.groups[group.name]  # before waiting, so a repeated request finds it gone
+        try:
+            await asyncio.wait_for(self._collectives.run(group.destroy), LEAVE_TIMEOUT_S)
+        except TimeoutError:
+            return _failure(f"{endpoint}: left {group.name!r} without a clean exit: a collective of the group was still "
+                            f"waiting for its peers after {LEAVE_TIMEOUT_S:g} s")
         return web.json_response({"success": True, "message": f"Left {group.name!r}."})
 
     async def update_weight_version(self, request: web.Request) -> web.Response:

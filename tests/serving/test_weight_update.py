@@ -103,6 +103,10 @@ async def test_distributed_gloo_sync_in_buckets_beside_the_trainers_own_default_
                 await sync.push(model.state_dict().items(), weight_version=version)
                 assert sync.last_push.buckets >= 3
                 await assert_serves(http, model, str(version), old)
+            leave = [http.post("/destroy_weights_update_group", json={"group_name": sync.group_name}) for _ in range(2)]
+            replies = sorted([(r.status, (await r.json())["message"]) for r in await asyncio.gather(*leave)])
+            assert replies[0] == (200, "Left 'weight_update_group'.") and replies[1][0] == 400  # a repeat, not a 500
+            assert "not a joined weight update group" in replies[1][1]
         summed = torch.ones(2)
         dist.all_reduce(summed)  # the trainer's default group still works, alone
         assert summed.tolist() == [1.0, 1.0] and dist.get_world_size() == 1
