@@ -351,9 +351,12 @@ def test_train_under_torchrun_refuses_rather_than_training_one_rank_copy_per_pro
 
 
 def test_dumps_checkpoints_plots_and_the_export_run_off_the_event_loop(tiny_llama_dir, data, tmp_path, monkeypatch):
-    """With --train-async a rollout is pending while these run: none may block the event loop."""
+    """With --train-async a rollout is pending while these run: none may block the event loop (nor may startup's
+    reading of task files and loading of the engine's model: a signal is handled only when the loop runs)."""
     import threading
+    from types import SimpleNamespace
 
+    import agentrl.engines.backend
     import agentrl.launch.local
     import agentrl.metrics
     import agentrl.train
@@ -370,8 +373,11 @@ def test_dumps_checkpoints_plots_and_the_export_run_off_the_event_loop(tiny_llam
     monkeypatch.setattr(agentrl.launch.local, "save_checkpoint", recorded("checkpoint", agentrl.launch.local.save_checkpoint))
     monkeypatch.setattr(agentrl.metrics, "_draw", recorded("plot", agentrl.metrics._draw))
     monkeypatch.setattr(TorchTrainer, "save_hf", recorded("export", TorchTrainer.save_hf))
+    monkeypatch.setattr(agentrl.launch.local, "RolloutManager", recorded("task files", agentrl.launch.local.RolloutManager))
+    model_class = agentrl.engines.backend.AutoModelForCausalLM
+    monkeypatch.setattr(agentrl.engines.backend, "AutoModelForCausalLM", SimpleNamespace(from_pretrained=recorded("engine model", model_class.from_pretrained)))
     train(load_config(args(tiny_llama_dir, data, tmp_path / "run", "--num-rollout", "2", "--train-async")))
-    assert threads == {"dump": {False}, "checkpoint": {False}, "plot": {False}, "export": {False}}
+    assert threads == {"dump": {False}, "checkpoint": {False}, "plot": {False}, "export": {False}, "task files": {False}, "engine model": {False}}
 
 
 def test_a_failing_train_step_under_train_async_cancels_the_rollout_it_overlapped(tiny_llama_dir, data, tmp_path, monkeypatch):

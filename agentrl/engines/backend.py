@@ -118,7 +118,7 @@ async def open_backend(cfg: BackendConfig, model_dir: Path, tokenizer: PreTraine
 
 @contextlib.asynccontextmanager
 async def _embedded(cfg: BackendConfig, model_dir: Path, tokenizer: PreTrainedTokenizerBase, serve_api: bool) -> AsyncIterator[RolloutBackend]:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[cfg.dtype])
+    model = await asyncio.to_thread(AutoModelForCausalLM.from_pretrained, model_dir, dtype=DTYPES[cfg.dtype])
     engine = EmbeddedEngine(model, tokenizer, max_batch_size=cfg.concurrency, device=cfg.device, seed=cfg.seed)
     sync = EngineWeightSync([engine])
     async with engine, contextlib.AsyncExitStack() as stack:

@@ -56,7 +56,7 @@ class LocalTrainers:
 async def launch_local(cfg: TrainConfig, model_dir: Path, run_dir: Path) -> AsyncIterator[tuple[LocalTrainers, RolloutManager]]:
     """Read the rollout inputs, load the trainer, start the engines; stop them and close the
     trainer on exit."""
-    manager = RolloutManager(cfg, model_dir, run_dir)  # bad task files and plug-in paths fail here, before any model loads
+    manager = await asyncio.to_thread(RolloutManager, cfg, model_dir, run_dir)  # bad task files and plug-ins fail before any model loads
     trainer = await asyncio.to_thread(build_trainer, cfg.train_backend, model_dir, cfg.trainer(), cfg.loss(), device=cfg.device,
                                       megatron=cfg.megatron(), seed=cfg.seed)
     try:
