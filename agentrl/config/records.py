@@ -163,6 +163,8 @@ class TrainConfig(EpisodeConfig):
     placement_timeout: float = opt(120.0, "seconds to wait for the Ray cluster to grant the placement group", range=POSITIVE)
     actor_call_timeout: float = opt(3600.0, "seconds one call to a Ray trainer or rollout actor may take (a step's rollout or training)",
                                     range=POSITIVE)
+    actor_setup_timeout: float = opt(900.0, "seconds a Ray actor may take to start: a trainer rank joining its group and loading the "
+                                            "model, the rollout manager launching the engines and the router", range=POSITIVE)
     # --- algorithm
     advantage_estimator: str = opt("grpo", "grpo, gspo, reinforce_plus_plus, reinforce_plus_plus_baseline", choices=ADVANTAGE_ESTIMATORS)
     disable_grpo_std_normalization: bool = opt(False, "GRPO advantages without dividing by the group std (Dr. GRPO)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable
@@ -42,23 +43,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SETUP_TIMEOUT_S = 900.0
-"""Bound on starting an actor: joining the ranks' group and loading the model, launching engines."""
 CLOSE_TIMEOUT_S = 30.0
 """Bound on an actor's cleanup (engines stopped, groups left) before it is killed anyway."""
 RANK_METRICS = ("train/grad_norm", "train/lr", "train/optimizer_steps")
 """Metrics every rank reports alike (after the gradient all-reduce); the others are summed."""
 
 
-async def call(ref: Awaitable[T], what: str, timeout_s: float) -> T:
+async def call(ref: Awaitable[T], what: str, timeout_s: float, *, flag: str = "--actor-call-timeout") -> T:
     """Await an actor call; a dead actor or an exceeded bound becomes a :class:`TrainingError`
-    that names ``what`` (the actor and what it was doing)."""
+    that names ``what`` (the actor and what it was doing) and the ``flag`` that sets the bound."""
     import ray
 
     try:
         return await asyncio.wait_for(ref, timeout_s)
     except TimeoutError:
-        raise TrainingError(f"{what} did not finish within {timeout_s:g} s (--actor-call-timeout)") from None
+        raise TrainingError(f"{what} did not finish within {timeout_s:g} s ({flag})") from None
     except ray.exceptions.ActorDiedError as e:
         raise TrainingError(f"{what} failed: the actor died ({str(e).splitlines()[0][:300]})") from None
     except ray.exceptions.RayTaskError as e:
@@ -161,9 +160,10 @@ async def _start_ranks(cfg: TrainConfig, placement: Placement, model_dir: Path, 
     ranks: list[Any] = [remote.options(**placement.actor_options("trainer", i)).remote(i, world, cfg, str(model_dir), str(run_dir))
              for i in range(world)]
     actors.extend(ranks)
-    master, port = await call(ranks[0].open_rendezvous.remote(), "trainer rank 0, opening the group's rendezvous", SETUP_TIMEOUT_S)
-    pids = await asyncio.gather(*(call(rank.setup.remote(master, port), f"trainer rank {i}, joining the group and loading the model",
-                                       SETUP_TIMEOUT_S) for i, rank in enumerate(ranks)))
+    setup = functools.partial(call, timeout_s=cfg.actor_setup_timeout, flag="--actor-setup-timeout")
+    master, port = await setup(ranks[0].open_rendezvous.remote(), "trainer rank 0, opening the group's rendezvous")
+    pids = await asyncio.gather(*(setup(rank.setup.remote(master, port), f"trainer rank {i}, joining the group and loading the model")
+                                  for i, rank in enumerate(ranks)))
     tqdm.write("[agentrl] trainer ranks up: " + ", ".join(f"rank {i} pid {pid} on {placement.trainer[i].node_ip}" for i, pid in enumerate(pids)))
     return ranks
 
@@ -178,8 +178,9 @@ async def _start_manager(cfg: TrainConfig, placement: Placement, model_dir: Path
     remote: Any = ray.remote(RolloutManagerActor)
     manager = remote.options(num_cpus=1, scheduling_strategy=here).remote(cfg, str(model_dir), str(run_dir), placement)
     actors.append(manager)
-    await call(manager.start_with.remote(trainer0), "the rollout manager, starting the engines and the router", SETUP_TIMEOUT_S)
-    await call(trainer0.connect_engines.remote(manager), "trainer rank 0, connecting to the engines", SETUP_TIMEOUT_S)
+    setup = functools.partial(call, timeout_s=cfg.actor_setup_timeout, flag="--actor-setup-timeout")
+    await setup(manager.start_with.remote(trainer0), "the rollout manager, starting the engines and the router")
+    await setup(trainer0.connect_engines.remote(manager), "trainer rank 0, connecting to the engines")
     return manager
 
 

@@ -125,6 +125,15 @@ def test_a_killed_trainer_actor_fails_the_job_within_a_minute_naming_it(head, ti
     assert "trainer rank" in logs and "the actor died" in logs, logs[-3000:]
 
 
+def test_an_actor_that_does_not_start_in_time_fails_the_job_naming_it_and_the_flag(head, tiny_llama_dir, data, tmp_path):
+    job = head.submit("slow-setup", "agentrl", "train", *train_args(tiny_llama_dir, data, tmp_path / "run", "--num-rollout", "1",
+                                                                   "--rollout-num-gpus", "1", "--actor-setup-timeout", "0.5"))
+    assert job.returncode != 0 and head.status("slow-setup") == "FAILED"
+    logs = head.logs("slow-setup")
+    assert "trainer rank 0, opening the group's rendezvous did not finish within 0.5 s (--actor-setup-timeout)" in logs, logs[-3000:]
+    wait_for(lambda: not actor_pids("TrainerActor"), 60, "the trainer actor to be killed")
+
+
 def test_ray_job_stop_leaves_no_process_behind(head, tiny_llama_dir, data, tmp_path):
     out = tmp_path / "run"
     job = head.submit("stopped", "agentrl", "train", *train_args(tiny_llama_dir, data, out, "--num-rollout", "200", "--rollout-num-gpus", "1"),
