@@ -128,14 +128,23 @@ class ActorEngine:
         self._actor = ray.remote(EngineActor).options(**self.actor_options).remote()
         env = {"CUDA_VISIBLE_DEVICES": ",".join(self.gpu_ids)} if self.gpu_ids else {}
         try:
-            self._url = await asyncio.wait_for(
-                self._actor.launch.remote(self.spec, self.name, str(self.run_dir / f"{self.name}.log"), env), timeout_s)
+            launch = self._actor.launch.remote(self.spec, self.name, str(self.run_dir / f"{self.name}.log"), env)
+            try:
+                self._url = await asyncio.wait_for(launch, timeout_s)
+            except TimeoutError:
+                raise NotHealthy(f"its Ray actor did not start the server within {timeout_s:g} s (`ray status` shows whether "
+                                 "the actor could be scheduled)") from None
             self._exit = _RemoteExit(self._actor.wait_exit.remote())
             await wait_healthy(session, self.url, timeout_s, process=self._exit)
-        except (NotHealthy, TimeoutError, ray.exceptions.RayError) as e:
+        except (NotHealthy, ray.exceptions.RayError) as e:
             detail = await self._describe()
             self.kill_now()
-            raise EngineLaunchError(f"engine {self.name} (Ray actor on {self.actor_options.get('scheduling_strategy')}): {e}\n{detail}") from None
+            raise EngineLaunchError(f"engine {self.name} ({self._placed()}): {e}\n{detail}") from None
+
+    def _placed(self) -> str:
+        """Where its actor was asked to run, for messages."""
+        index = getattr(self.actor_options.get("scheduling_strategy"), "placement_group_bundle_index", None)
+        return "Ray actor" if index is None else f"Ray actor on placement-group bundle {index}"
 
     def exit_status(self) -> int | str | None:
         """The server's exit status, or why its actor is gone; ``None`` while it runs."""
