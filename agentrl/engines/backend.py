@@ -85,6 +85,8 @@ class RolloutBackend:
     push: Callable[[NamedTensors, int], Any]
     api_url: str | None
     fleet: FleetView | None = None
+    raise_if_failed: Callable[[], None] = lambda: None
+    """Raises the engines' failure (:meth:`EngineFleet.raise_if_failed`); the embedded engine has none to raise."""
 
 
 RestartHook = Callable[[str, str], Awaitable[None]]
@@ -113,7 +115,7 @@ async def open_backend(cfg: BackendConfig, model_dir: Path, tokenizer: PreTraine
         _Engines(cfg, model_dir, run_dir, engine_factory, restart_hook) as engines,
         SGLangPolicy(engines.fleet.router_url or engines.fleet.urls, max_concurrency=cfg.concurrency) as policy,
     ):
-        yield RolloutBackend(policy, engines.push, engines.fleet.router_url, engines)
+        yield RolloutBackend(policy, engines.push, engines.fleet.router_url, engines, engines.fleet.raise_if_failed)
 
 
 @contextlib.asynccontextmanager
@@ -167,10 +169,13 @@ class _Engines:
     # ------------------------------------------------------------------ FleetView
     async def engine_urls(self) -> tuple[list[str], int]:
         """The engines in service and the epoch; a relaunched engine rejoins just after the
-        restart hook, so an empty fleet is waited for (up to the router's timeout) before answering."""
+        restart hook, so an empty fleet is waited for (up to the router's timeout) before answering.
+        A failed fleet raises its failure instead."""
         deadline = time.monotonic() + self.fleet.config.router_timeout_s
-        while not self.fleet.urls and time.monotonic() < deadline:  # noqa: ASYNC110 - the fleet sets no event on a rejoin
+        while not self.fleet.urls and time.monotonic() < deadline:  # polled: the fleet sets no event on a rejoin
+            self.fleet.raise_if_failed()
             await asyncio.sleep(0.1)
+        self.fleet.raise_if_failed()
         return self.fleet.urls, self.epoch
 
     async def hold_checks(self, hold: bool) -> None:

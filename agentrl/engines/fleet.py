@@ -172,6 +172,13 @@ class EngineFleet:
     def router_url(self) -> str | None:
         return self.router.url if self.router else None
 
+    def raise_if_failed(self) -> None:
+        """Raise :class:`FleetError` if the monitor failed (router exited, every engine dropped, an
+        event hook raised). The failure also cancels the task that started the fleet, but where
+        that task has ended (a Ray actor's call), callers learn of it only here."""
+        if self._failure is not None:
+            raise FleetError(f"the engine fleet failed: {self._failure}") from self._failure
+
     @contextlib.contextmanager
     def checks_held(self) -> Iterator[None]:
         """Within this block failed health probes do not count, e.g. while weights load: engines
@@ -237,8 +244,7 @@ class EngineFleet:
             finally:
                 if self._session is not None:
                     await self._session.close()
-        if self._failure is not None:
-            raise FleetError(f"the engine fleet failed: {self._failure}") from self._failure
+        self.raise_if_failed()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -123,7 +123,12 @@ class RolloutManager:
 
     # ------------------------------------------------------------------ episodes
     async def rollout(self, step: int) -> RolloutResult:
-        """The episodes of training step ``step`` (counted from 0), on the next tasks."""
+        """The episodes of training step ``step`` (counted from 0), on the next tasks.
+
+        Raises:
+            FleetError: the engines failed (before or while it played).
+        """
+        self._raise_if_engines_failed()
         started = time.perf_counter()
         seed = derive_seed(self.cfg.seed, step) if self.cfg.deterministic else None
         runner = self.runner(dataclasses.replace(self.cfg.rollout(), seed=seed))
@@ -137,12 +142,20 @@ class RolloutManager:
             trajectories, metrics = collected.trajectories, collected.metrics
         else:
             trajectories = await runner.run(self.stream.next_batch(), desc=f"rollout {step + 1}")
+        self._raise_if_engines_failed()  # episodes the failure aborted say less than the failure itself
         return RolloutResult(trajectories, metrics, self.stream.position, time.perf_counter() - started)
 
     async def evaluate(self) -> dict[str, list[Trajectory]]:
         """The episodes of every eval dataset, with the same seeds at every call."""
         config = dataclasses.replace(self.cfg.rollout(eval=True), seed=derive_seed(self.cfg.seed, EVAL_SEED))
-        return {name: await self.runner(config, eval_dataset=name).run(tasks, desc=f"eval {name}") for name, tasks in self.evals.items()}
+        self._raise_if_engines_failed()
+        played = {name: await self.runner(config, eval_dataset=name).run(tasks, desc=f"eval {name}") for name, tasks in self.evals.items()}
+        self._raise_if_engines_failed()
+        return played
+
+    def _raise_if_engines_failed(self) -> None:
+        assert self.backend is not None, "start() the manager first"
+        self.backend.raise_if_failed()
 
     def runner(self, config: RolloutConfig, *, eval_dataset: str | None = None) -> RolloutRunner | SlimeGenerateRunner:
         """What plays the episodes (of training, or of one eval dataset): the env through the
@@ -170,7 +183,8 @@ class RolloutManager:
 
     async def push(self, named_tensors: NamedTensors, weight_version: int) -> None:
         """Load new weights into every engine (the local launcher: the trainer is in this process)."""
-        assert self.backend is not None, "start() the manager first"
+        self._raise_if_engines_failed()
+        assert self.backend is not None
         await self.backend.push(named_tensors, weight_version)
         self.weight_version = weight_version
 

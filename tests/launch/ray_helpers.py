@@ -92,6 +92,10 @@ def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.5) -> Non
         time.sleep(poll_s)
 
 
+ROUTER = r"^sglang::router|sglang_router\.launch_router"
+"""sglang-router's process: it retitles itself ``sglang::router`` once it runs."""
+
+
 def processes(pattern: str) -> list[tuple[int, str]]:
     """(pid, command line) of every live process whose command line matches ``pattern``."""
     found = []

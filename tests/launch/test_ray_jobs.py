@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from tests.launch.ray_helpers import ENV, Head, dumped, processes, start_head, steps, stop_head, train_args, wait_for
+from tests.launch.ray_helpers import ENV, ROUTER, Head, dumped, processes, start_head, steps, stop_head, train_args, wait_for
 from tests.launch.ray_plugins import actor_pids
 
 
@@ -125,6 +125,21 @@ def test_a_killed_trainer_actor_fails_the_job_within_a_minute_naming_it(head, ti
     assert "trainer rank" in logs and "the actor died" in logs, logs[-3000:]
 
 
+def test_a_killed_router_fails_the_job_naming_the_router(head, tiny_llama_dir, data, tmp_path):
+    """The fleet's monitor runs in the rollout manager actor, whose starting call has long returned: its failure
+    must still reach the job (the next rollout or push raises it), not only the actor's log."""
+    out = tmp_path / "run"
+    job = head.submit("kill-router", "agentrl", "train", *train_args(tiny_llama_dir, data, out, "--num-rollout", "200",
+                                                                    "--rollout-num-gpus", "1"), wait=False)
+    assert job.returncode == 0, job.stderr
+    wait_for(lambda: (out / "metrics.jsonl").exists() and steps(out), 300, "the job's first step")
+    [(router, _)] = processes(ROUTER)
+    os.kill(router, signal.SIGKILL)
+    wait_for(lambda: head.status("kill-router") in ("FAILED", "SUCCEEDED", "STOPPED"), 180, "the job to end")
+    logs = head.logs("kill-router")
+    assert head.status("kill-router") == "FAILED" and "FleetError: the engine fleet failed: sglang-router exited with status -9" in logs, logs[-3000:]
+
+
 def test_an_actor_that_does_not_start_in_time_fails_the_job_naming_it_and_the_flag(head, tiny_llama_dir, data, tmp_path):
     job = head.submit("slow-setup", "agentrl", "train", *train_args(tiny_llama_dir, data, tmp_path / "run", "--num-rollout", "1",
                                                                    "--rollout-num-gpus", "1", "--actor-setup-timeout", "0.5"))
@@ -140,12 +155,12 @@ def test_ray_job_stop_leaves_no_process_behind(head, tiny_llama_dir, data, tmp_p
                       wait=False)
     assert job.returncode == 0, job.stderr
     wait_for(lambda: (out / "metrics.jsonl").exists() and steps(out), 300, "the job's first step")
-    assert processes(rf"agentrl\.cli serve .*{tiny_llama_dir}") and processes(r"^ray::(TrainerActor|RolloutManagerActor)")
+    assert processes(rf"agentrl\.cli serve .*{tiny_llama_dir}") and processes(ROUTER) and processes(r"^ray::(TrainerActor|RolloutManagerActor)")
     head.stop("stopped")
     wait_for(lambda: head.status("stopped") == "STOPPED", 120, "the job to stop")
 
     def gone() -> bool:
-        return not (processes(rf"agentrl\.cli serve .*{tiny_llama_dir}") or processes(r"sglang_router\.launch_router")
+        return not (processes(rf"agentrl\.cli serve .*{tiny_llama_dir}") or processes(ROUTER)
                     or processes(r"^ray::(TrainerActor|EngineActor|RolloutManagerActor)") or processes(rf"agentrl.* train .*{out}"))
 
     wait_for(gone, 60, "every agentrl serve, router, trainer and driver process of the job to exit")
