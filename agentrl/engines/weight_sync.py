@@ -48,7 +48,7 @@ from agentrl.serving.safetensors_dir import (
     unique_tensors,
     write_safetensors_dir,
 )
-from agentrl.serving.tensor_bucket import encode_bucket
+from agentrl.serving.tensor_bucket import encode_bucket, sharing_by_file_name
 
 NamedTensors = Iterable[tuple[str, torch.Tensor]]
 log = logging.getLogger(__name__)
@@ -345,16 +345,11 @@ class TensorWeightSync(HTTPWeightSync):
 
 
 def _encode(bucket: list[tuple[str, torch.Tensor]], device: torch.device) -> str:
-    """One bucket's payload; CPU tensors are shared by file name, which a process that this one
-    did not start can open (the default, file descriptors, needs a connection back to here)."""
+    """One bucket's payload: CUDA tensors by IPC handle, CPU tensors by file name."""
     if device.type == "cuda":
         return encode_bucket(bucket)
-    strategy = torch.multiprocessing.get_sharing_strategy()
-    torch.multiprocessing.set_sharing_strategy("file_system")
-    try:
+    with sharing_by_file_name():
         return encode_bucket(bucket)
-    finally:
-        torch.multiprocessing.set_sharing_strategy(strategy)
 
 
 def _buckets(named_tensors: NamedTensors, bucket_bytes: int, dtype: torch.dtype | None) -> list[list[tuple[str, torch.Tensor]]]:

@@ -17,11 +17,12 @@ globals a tensor payload needs, so a crafted payload cannot call anything else.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import io
 import math
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -91,6 +92,18 @@ def encode_bucket(named_tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
     encoded: str = MultiprocessingSerializer.serialize(
         {"flattened_tensor": bucket.get_flattened_tensor(), "metadata": bucket.get_metadata()}, output_str=True)
     return encoded
+
+
+@contextlib.contextmanager
+def sharing_by_file_name() -> Iterator[None]:
+    """Within this block CPU tensors are shared by file name, which a process that this one did
+    not start can open (torch's default, file descriptors, needs a connection back to here)."""
+    strategy = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        yield
+    finally:
+        torch.multiprocessing.set_sharing_strategy(strategy)
 
 
 def serialize(obj: Any) -> str:

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM
 
 from agentrl.engines.weight_sync import DiskWeightSync, DistributedWeightSync, TensorWeightSync
 from agentrl.serving.safetensors_dir import write_safetensors_dir
-from agentrl.serving.tensor_bucket import flatten, serialize
+from agentrl.serving.tensor_bucket import flatten, serialize, sharing_by_file_name
 from tests.serving.conftest import agentrl_serve
 
 PROMPT = [1, 504, 3001, 22, 9]
@@ -319,16 +319,6 @@ async def test_tensor_sync_hands_weights_over_by_handle_in_sglangs_flattened_buc
         await assert_serves(http, model, str(version), old)
 
 
-def shared_by_file_name(payload) -> str:
-    """``payload`` serialized as TensorWeightSync sends CPU tensors to a process it did not start."""
-    strategy = torch.multiprocessing.get_sharing_strategy()
-    torch.multiprocessing.set_sharing_strategy("file_system")
-    try:
-        return serialize(payload)
-    finally:
-        torch.multiprocessing.set_sharing_strategy(strategy)
-
-
 async def test_a_tensor_payload_naming_anything_but_tensors_is_refused(http, tmp_path):
     marker = tmp_path / "unpickled"
     crafted = base64.b64encode(pickle.dumps(_RunsCodeWhenUnpickled(str(marker)))).decode()
@@ -346,7 +336,9 @@ async def test_a_tensor_payload_naming_anything_but_tensors_is_refused(http, tmp
     for metadata, reason in (([{"name": "model.norm.weight"}], "metadata[0] is {'name': 'model.norm.weight'}; expected FlattenedTensorMetadata"),
                              ([dataclasses.replace(meta, shape=torch.Size([3, 3]))], "elements [0, 4) of a 4-element bucket cannot hold shape [3, 3]"),
                              ([dataclasses.replace(meta, end_idx=8)], "elements [0, 8) of a 4-element bucket")):
-        body = {"serialized_named_tensors": [shared_by_file_name({"flattened_tensor": flat, "metadata": metadata})], "load_format": "flattened_bucket"}
+        with sharing_by_file_name():  # as TensorWeightSync sends CPU tensors to a process it did not start
+            payload = serialize({"flattened_tensor": flat, "metadata": metadata})
+        body = {"serialized_named_tensors": [payload], "load_format": "flattened_bucket"}
         async with http.post("/update_weights_from_tensor", json=body) as r:
             reply = await r.json()
         assert r.status == 400 and reason in reply["message"], reply
