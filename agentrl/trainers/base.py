@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from torch import Tensor
 
+from agentrl.errors import TrainingError
 from agentrl.trainers.batching import TrainSequence
+
+
+def non_finite_gradients(step: int, grad_norm: float) -> TrainingError:
+    """The error of optimizer step ``step`` (counted from 0) whose gradients are not finite: the
+    step is not taken, so the weights (and a checkpoint) never hold NaN."""
+    return TrainingError(f"optimizer step {step + 1}: the gradients are not finite (grad norm {grad_norm}), so the weights were "
+                         "not updated and the run stops; a NaN or inf came from the loss (e.g. an overflowing importance ratio with "
+                         "--num-steps-per-rollout > 1) or from the model; lowering --lr often helps")
+
 
 TrainBackend = Literal["torch", "megatron"]
 TRAIN_BACKENDS: tuple[str, ...] = ("torch", "megatron")

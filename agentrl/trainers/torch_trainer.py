@@ -33,8 +33,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
-from agentrl.errors import ConfigError
+from agentrl.errors import ConfigError, TrainingError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
+from agentrl.trainers.base import non_finite_gradients
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
 from agentrl.trainers.fused_kernels import apply_liger_kernel, compile_decoder_layers
 from agentrl.trainers.host_memory import release_freed_memory
@@ -222,8 +223,15 @@ class TorchTrainer:
         return self.loss.use_kl_loss or self.loss.entropy_coef != 0
 
     def apply_gradients(self) -> dict[str, float]:
-        """Clip the accumulated gradients, take the AdamW step and clear the gradients."""
+        """Clip the accumulated gradients, take the AdamW step and clear the gradients.
+
+        Raises:
+            TrainingError: the gradients are not finite; the weights are left as they were.
+        """
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad or float("inf"))
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(non_finite_gradients(self.scheduler.last_epoch, float(grad_norm)))
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from agentrl.errors import TrainingError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.batching import TrainSequence, collate, pack
 from agentrl.trainers.torch_trainer import TorchTrainer, TrainerConfig
@@ -156,3 +157,22 @@ def test_every_sample_is_trained_when_an_excluded_episode_leaves_a_short_rollout
     metrics = trainer.train_rollout(make_sequences(63, seed=5), num_samples=63)
     assert metrics["train/optimizer_steps"] == 2
     assert [len(s) for s in seen] == [32, 31] and set().union(*seen) == set(range(63))
+
+
+def nan_loss(policy_loss_fn):
+    """``policy_loss`` whose loss is NaN (as an overflowing importance ratio makes it)."""
+    def loss(x, cfg):
+        value, metrics = policy_loss_fn(x, cfg)
+        return value * float("nan"), metrics
+    return loss
+
+
+def test_non_finite_gradients_stop_the_run_before_the_weights_change(tiny_model_dir, monkeypatch):
+    import agentrl.trainers.torch_trainer
+
+    monkeypatch.setattr(agentrl.trainers.torch_trainer, "policy_loss", nan_loss(policy_loss))
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, lr=1e-2), LossConfig())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with pytest.raises(TrainingError, match=r"optimizer step 1: the gradients are not finite \(grad norm nan\), so the weights were not updated"):
+        trainer.train_rollout(make_sequences(4), num_samples=4)
+    assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())

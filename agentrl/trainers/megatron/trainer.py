@@ -38,8 +38,9 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from agentrl.errors import ConfigError, TrainingError
+from agentrl.errors import ConfigError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
+from agentrl.trainers.base import non_finite_gradients
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
 from agentrl.trainers.fused_kernels import liger_rms_norm
 from agentrl.trainers.host_memory import release_freed_memory
@@ -216,11 +217,14 @@ class MegatronTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self._megatron():
+            if not self._grads_finite():  # Megatron steps on NaN gradients unless a loss scaler (fp16) is in use
+                self.ddp.zero_grad_buffer()
+                raise non_finite_gradients(self.steps, math.nan)
             updated, grad_norm, _ = self.optimizer.step()
             self.ddp.zero_grad_buffer()
             self.optimizer.zero_grad()
         if not updated:
-            raise TrainingError(f"the optimizer skipped step {self.steps} (non-finite gradients, grad norm {grad_norm})")
+            raise non_finite_gradients(self.steps, grad_norm)
         self.steps += 1
         return {"train/grad_norm": float(grad_norm), "train/lr": lr}
 
@@ -290,6 +294,14 @@ class MegatronTrainer:
             return self.logprobs(sequences)
 
     # ------------------------------------------------------------------ collectives
+    def _grads_finite(self) -> bool:
+        """Whether every rank's reduced gradients (``main_grad``) are finite: one flag, all-reduced."""
+        grads = [p.main_grad for p in self.model.parameters() if p.requires_grad and getattr(p, "main_grad", None) is not None]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all().to(torch.float32).reshape(1)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
     def _all_reduce_counts(self, samples: int, tokens: int) -> tuple[int, int]:
         group = parallel.data_parallel_group()
         if dist.get_world_size(group) == 1:

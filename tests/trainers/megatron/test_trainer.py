@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agentrl.checkpoint import LoopState, read_checkpoint, save_checkpoint
-from agentrl.errors import ConfigError
+from agentrl.errors import ConfigError, TrainingError
 from agentrl.trainers.algorithms import LossConfig
 from agentrl.trainers.megatron.config import MegatronConfig
 from agentrl.trainers.megatron.mcore import running
@@ -135,3 +135,16 @@ def test_recomputation_gives_the_same_gradients(model_dirs, megatron_trainer, se
     recomputing.accumulate_gradients(sequences)
     want, got = megatron_grads(plain), megatron_grads(recomputing)
     assert all(torch.equal(got[k], v) for k, v in want.items())
+
+
+def test_non_finite_gradients_stop_the_run_before_the_weights_change(model_dirs, megatron_trainer, monkeypatch):
+    """Megatron's optimizer steps on NaN gradients without a loss scaler (bf16, fp32): the trainer checks first."""
+    import agentrl.trainers.megatron.trainer
+    from tests.trainers.test_torch_trainer import nan_loss
+
+    monkeypatch.setattr(agentrl.trainers.megatron.trainer, "policy_loss", nan_loss(agentrl.trainers.megatron.trainer.policy_loss))
+    trainer = megatron_trainer(model_dirs["llama"], CONFIG, LOSS)
+    before = {k: v.clone() for k, v in trainer.named_weights()}
+    with pytest.raises(TrainingError, match=r"optimizer step 1: the gradients are not finite \(grad norm nan\), so the weights were not updated"):
+        trainer.train_rollout(make_sequences(12), 12)
+    assert all(torch.equal(v, before[k]) for k, v in trainer.named_weights())
