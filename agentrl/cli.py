@@ -121,9 +121,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_check_env(args: argparse.Namespace) -> int:
+    from agentrl.config.checks import check_env as check_env_arguments
     from agentrl.envs import check_env, spec
 
     env_spec = spec(args.env_id)  # an unknown id fails here, with suggestions
+    check_env_arguments(args.env_id, args.env_kwargs, "--env-kwargs")  # kwargs its entry point does not take fail here
     if args.max_turns is not None:
         env_spec = dataclasses.replace(env_spec, max_turns=args.max_turns)
     tokenizer = _tokenizer(args.hf_checkpoint) if args.hf_checkpoint else None

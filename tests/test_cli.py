@@ -42,6 +42,13 @@ def test_unknown_env_id_is_one_line_with_a_suggestion():
     assert len(lines) == 1 and "agentrl/Maths-v0" in lines[0] and "Did you mean" in lines[0] and "agentrl/Math-v0" in lines[0]
 
 
+def test_check_env_with_kwargs_the_env_does_not_take_is_one_line_naming_the_flag():
+    result = agentrl("check-env", "agentrl/Math-v0", "--env-kwargs", '{"bogus": 1}')
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("agentrl: error: --env-kwargs {\"bogus\": 1}: env 'agentrl/Math-v0' does not take them") and "bogus" in line
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [

@@ -113,7 +113,14 @@ async def check_env(
         max_steps: an episode that has not ended after this many steps fails the check.
         raise_on_failure: raise :class:`EnvCheckError` (with the report) when a check fails.
     """
-    probe = env_factory()
+    try:
+        probe = env_factory()
+    except Exception as e:  # nothing else can be checked: the report says why
+        report = CheckReport(env=getattr(env_factory, "__name__", repr(env_factory)))
+        report.results.append(CheckResult("construction", False, f"env_factory() raised {type(e).__name__}: {e}"))
+        if raise_on_failure:
+            raise EnvCheckError(str(report)) from e
+        return report
     tasks = list(tasks) if tasks else probe.example_tasks()
     actions = list(actions) if actions is not None else [*tool_probe_actions(probe.tools), *PROBE_ACTIONS]
     await probe.close()

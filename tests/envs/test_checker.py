@@ -221,3 +221,13 @@ async def test_a_template_that_mishandles_tool_messages_fails_the_template_check
 async def test_the_template_that_renders_tool_messages_passes(tokenizer):
     report = await check_env(tool_env(), tokenizer=tokenizer, chat_template=SMOL_CHAT)
     assert report.ok
+
+
+async def test_a_factory_that_raises_is_a_failed_construction_check_not_a_traceback():
+    def factory():
+        raise ValueError("topk must be positive")
+
+    report = await check_env(factory, raise_on_failure=False)
+    assert not report.ok and [(r.name, r.detail) for r in report.results] == [("construction", "env_factory() raised ValueError: topk must be positive")]
+    with pytest.raises(EnvCheckError, match="construction"):
+        await check_env(factory)
