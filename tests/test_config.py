@@ -77,6 +77,8 @@ def test_batch_identity_derives_the_missing_side(data, flags, gbs, steps):
         (["--kl-loss-coef", "0.1"], "--kl-loss-coef is set but --use-kl-loss is not"),
         (["--use-dynamic-batch-size"], "--use-dynamic-batch-size needs --max-tokens-per-gpu"),
         (["--eval-interval", "5"], "--eval-interval needs --eval-prompt-data"),
+        (["--custom-generate-function-path", "m.generate", "--max-turns", "2", "--rollout-step-timeout", "5"],
+         "--max-turns and --rollout-step-timeout limit an env's turns and steps, which a --custom-generate-function-path does not play"),
     ],
 )
 def test_bad_configs_are_refused_with_the_flag_named(data, flags, message):

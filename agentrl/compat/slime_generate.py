@@ -104,14 +104,19 @@ class SlimeGenerateRunner:
         trajectory = Trajectory(task.index, sample_index, [], [_user_message(sample.prompt)], [0.0], Termination.ENV_ERROR,
                                 [self.weight_version], label=task.label,
                                 metrics={"turns": 0, "segments": 0, "prefix_mismatches": 0, "sampled_tokens": 0, "response_tokens": 0})
+        limit = asyncio.timeout(self.config.episode_timeout_s)
         try:
             kwargs = {"evaluation": self.evaluation} if self._takes_evaluation else {}
-            samples = _as_samples(await self.generate_fn(self.args, sample, self._sampling_params(task, sample_index), **kwargs))
-            termination = _termination(samples)
-            segments = [_segment(s, use_tis=bool(self.args.use_tis)) for s in samples]
-            rewards = [0.0] * len(samples) if termination.excluded else await self._rewards(samples)
+            async with limit:
+                samples = _as_samples(await self.generate_fn(self.args, sample, self._sampling_params(task, sample_index), **kwargs))
+                termination = _termination(samples)
+                segments = [_segment(s, use_tis=bool(self.args.use_tis)) for s in samples]
+                rewards = [0.0] * len(samples) if termination.excluded else await self._rewards(samples)
         except Exception as e:  # the function's failure ends its own episode, not the batch
-            trajectory.error = "".join(traceback.format_exception(e)).rstrip()
+            if isinstance(e, TimeoutError) and limit.expired():
+                trajectory.termination, trajectory.error = Termination.TIMEOUT, f"episode exceeded episode_timeout_s={self.config.episode_timeout_s}"
+            else:
+                trajectory.error = "".join(traceback.format_exception(e)).rstrip()
             return trajectory
         _fill(trajectory, samples, segments, rewards, termination, self.weight_version)
         return trajectory

@@ -187,6 +187,10 @@ def _validate_sampling(cfg: TrainConfig) -> None:
     sampling = cfg.over_sampling_batch_size is not None or cfg.dynamic_sampling_filter_path or cfg.partial_rollout
     if sampling and cfg.custom_generate_function_path:
         raise ConfigError("--over-sampling-batch-size, --dynamic-sampling-filter-path and --partial-rollout do not work with --custom-generate-function-path")
+    env_limits = [flag_of(f) for f in ("max_turns", "rollout_step_timeout") if getattr(cfg, f) is not None]
+    if env_limits and cfg.custom_generate_function_path:
+        raise ConfigError(f"{' and '.join(env_limits)} limit an env's turns and steps, which a --custom-generate-function-path "
+                          "does not play; bound its episodes with --rollout-episode-timeout")
 
 
 def _validate_paths(cfg: TrainConfig) -> None:

@@ -160,3 +160,27 @@ def test_a_run_whose_every_episode_fails_raises_with_the_first_traceback(tiny_ll
     assert "Traceback (most recent call last)" in message and 'raise RuntimeError("the search backend is down")' in message
     assert "RuntimeError: the search backend is down" in message
     assert not (out / "checkpoints").exists() and not (out / "hf_model").exists()
+
+
+@pytest.mark.parametrize(("generate", "termination", "error"), [
+    ("sleep", "timeout", "episode exceeded episode_timeout_s=0.2"),
+    ("own_timeout", "env_error", "TimeoutError: the tool timed out"),
+], ids=["past-the-episode-timeout", "its-own-timeout-error"])
+async def test_a_generate_function_past_the_episode_timeout_ends_as_timeout(tokenizer, generate, termination, error):
+    """--rollout-episode-timeout bounds a generate function's episode as it bounds an env's."""
+    import asyncio
+    from argparse import Namespace
+
+    from agentrl.compat.slime_generate import SlimeGenerateRunner
+    from agentrl.envs import Task
+    from agentrl.rollout import RolloutConfig
+
+    async def generate_fn(args, sample, sampling_params):
+        if generate == "sleep":
+            await asyncio.sleep(3600)
+        raise TimeoutError("the tool timed out")
+
+    runner = SlimeGenerateRunner(generate_fn, Namespace(), tokenizer, None, RolloutConfig(n_samples_per_prompt=2, episode_timeout_s=0.2))
+    trajectories = await asyncio.wait_for(runner.run([Task("What is 1 + 1?", "2")], progress=False), 30)
+    assert [t.termination.value for t in trajectories] == [termination] * 2 and all(error in t.error for t in trajectories)
+    assert all(t.excluded for t in trajectories)
