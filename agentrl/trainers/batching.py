@@ -245,6 +245,14 @@ def packed_lengths(sequences: Sequence[TrainSequence], *, share_prompts: bool = 
     return out
 
 
+def optimizer_step_slices(sequences: Sequence[TrainSequence], num_samples: int, steps: int) -> list[list[int]]:
+    """The indices into ``sequences`` that each of ``steps`` optimizer steps trains: step ``k``
+    takes the samples ``k * n // steps <= sample_index < (k + 1) * n // steps`` (``n`` =
+    ``num_samples``), so the steps differ by at most one sample and every sample is trained."""
+    bounds = [k * num_samples // steps for k in range(steps + 1)]
+    return [[i for i, s in enumerate(sequences) if bounds[k] <= s.sample_index < bounds[k + 1]] for k in range(steps)]
+
+
 def micro_batches(sequences: Sequence[TrainSequence], *, dynamic: bool, max_tokens: int | None, micro_batch_size: int) -> list[list[int]]:
     """The indices of ``sequences`` in each micro-batch: packed to at most ``max_tokens`` tokens
     when ``dynamic`` (``--use-dynamic-batch-size``), else ``micro_batch_size`` sequences each."""

@@ -20,7 +20,6 @@ whole batch.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -36,7 +35,7 @@ from transformers import AutoModelForCausalLM
 from agentrl.errors import ConfigError, TrainingError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.base import non_finite_gradients
-from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
+from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches, optimizer_step_slices
 from agentrl.trainers.fused_kernels import apply_liger_kernel, compile_decoder_layers
 from agentrl.trainers.host_memory import release_freed_memory
 from agentrl.trainers.logprobs import PackedDecoder, chosen_logprobs
@@ -146,13 +145,11 @@ class TorchTrainer:
             num_samples: this rank's number of samples (trajectories) in the rollout.
         """
         steps = self.config.num_steps_per_rollout  # the same on every rank: each step ends in collectives
-        per_step = max(math.ceil(num_samples / steps), 1)
         need_old = steps > 1
         old = self._logprobs(self.model, sequences) if need_old else None
         ref = self._logprobs(self.ref_model, sequences) if self.ref_model is not None else None
         totals: dict[str, float] = defaultdict(float)
-        for step in range(steps):
-            chosen = [i for i, s in enumerate(sequences) if step * per_step <= s.sample_index < (step + 1) * per_step]
+        for chosen in optimizer_step_slices(sequences, num_samples, steps):
             step_metrics = self._optimizer_step(
                 [sequences[i] for i in chosen],
                 old=[old[i] for i in chosen] if old else None,

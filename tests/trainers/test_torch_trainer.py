@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from agentrl.errors import TrainingError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
-from agentrl.trainers.batching import TrainSequence, collate, pack
+from agentrl.trainers.batching import TrainSequence, collate, optimizer_step_slices, pack
 from agentrl.trainers.torch_trainer import TorchTrainer, TrainerConfig
 
 
@@ -156,7 +156,7 @@ def test_every_sample_is_trained_when_an_excluded_episode_leaves_a_short_rollout
     monkeypatch.setattr(trainer, "_optimizer_step", recording_step)
     metrics = trainer.train_rollout(make_sequences(63, seed=5), num_samples=63)
     assert metrics["train/optimizer_steps"] == 2
-    assert [len(s) for s in seen] == [32, 31] and set().union(*seen) == set(range(63))
+    assert [len(s) for s in seen] == [31, 32] and set().union(*seen) == set(range(63))
 
 
 def nan_loss(policy_loss_fn):
@@ -176,3 +176,12 @@ def test_non_finite_gradients_stop_the_run_before_the_weights_change(tiny_model_
     with pytest.raises(TrainingError, match=r"optimizer step 1: the gradients are not finite \(grad norm nan\), so the weights were not updated"):
         trainer.train_rollout(make_sequences(4), num_samples=4)
     assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+
+
+@pytest.mark.parametrize(("samples", "steps", "sizes"), [(9, 4, [2, 2, 2, 3]), (10, 4, [2, 3, 2, 3]), (63, 2, [31, 32]), (64, 4, [16] * 4)])
+def test_optimizer_steps_split_the_samples_evenly(samples, steps, sizes):
+    """Rounding up gave 9 samples in 4 steps as 3/3/3/0: an update with no data behind it."""
+    sequences = make_sequences(2 * samples, samples=samples)  # two sequences per sample
+    slices = optimizer_step_slices(sequences, samples, steps)
+    assert [len({sequences[i].sample_index for i in chosen}) for chosen in slices] == sizes
+    assert sorted(i for chosen in slices for i in chosen) == list(range(2 * samples))

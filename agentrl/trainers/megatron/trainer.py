@@ -41,7 +41,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from agentrl.errors import ConfigError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
 from agentrl.trainers.base import non_finite_gradients
-from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches
+from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches, optimizer_step_slices
 from agentrl.trainers.fused_kernels import liger_rms_norm
 from agentrl.trainers.host_memory import release_freed_memory
 from agentrl.trainers.lr_schedule import learning_rate
@@ -159,12 +159,10 @@ class MegatronTrainer:
             num_samples: this rank's number of samples (trajectories) in the rollout.
         """
         steps = self.config.num_steps_per_rollout
-        per_step = max(math.ceil(num_samples / steps), 1)
         old = self.logprobs(sequences) if steps > 1 else None
         ref = self.reference_logprobs(sequences) if self.ref is not None else None
         totals: dict[str, float] = defaultdict(float)
-        for step in range(steps):
-            chosen = [i for i, s in enumerate(sequences) if step * per_step <= s.sample_index < (step + 1) * per_step]
+        for chosen in optimizer_step_slices(sequences, num_samples, steps):
             started = time.perf_counter()
             metrics = self.accumulate_gradients([sequences[i] for i in chosen], old=[old[i] for i in chosen] if old else None,
                                                 ref=[ref[i] for i in chosen] if ref else None)
