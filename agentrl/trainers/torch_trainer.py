@@ -289,9 +289,17 @@ class TorchTrainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore weights, optimizer moments and the schedule's position; the optimizer settings
+        and the learning-rate schedule are this run's (a resume with a new ``--lr`` uses it), as
+        the Megatron backend's are."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        c = self.config
+        self.scheduler.base_lrs = [c.lr] * len(self.optimizer.param_groups)
+        lr = c.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group.update(lr=lr, initial_lr=c.lr, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_eps, weight_decay=c.weight_decay)
 
     def save_hf(self, path: str | Path) -> None:
         """Export the policy as a Hugging Face model directory (safetensors)."""

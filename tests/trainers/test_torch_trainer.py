@@ -185,3 +185,16 @@ def test_optimizer_steps_split_the_samples_evenly(samples, steps, sizes):
     slices = optimizer_step_slices(sequences, samples, steps)
     assert [len({sequences[i].sample_index for i in chosen}) for chosen in slices] == sizes
     assert sorted(i for chosen in slices for i in chosen) == list(range(2 * samples))
+
+
+def test_a_resumed_trainer_takes_this_runs_optimizer_settings_and_keeps_the_schedules_position(tiny_model_dir):
+    """The moments and the step come from the checkpoint; --lr, --weight-decay and Adam's settings from the new run."""
+    first = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, lr=1e-3, lr_decay_style="linear", lr_decay_iters=10, min_lr=0.0), LossConfig())
+    first.train_rollout(make_sequences(4), num_samples=4)
+    new = TrainerConfig(bf16=False, lr=5e-4, lr_decay_style="linear", lr_decay_iters=10, min_lr=0.0, weight_decay=0.0, adam_beta2=0.95)
+    resumed = TorchTrainer(tiny_model_dir, new, LossConfig())
+    resumed.load_state_dict(first.state_dict())
+    [group] = resumed.optimizer.param_groups
+    assert group["lr"] == pytest.approx(5e-4 * 0.9) and (group["weight_decay"], group["betas"]) == (0.0, (0.9, 0.95))
+    assert resumed.train_rollout(make_sequences(4), num_samples=4)["train/lr"] == pytest.approx(5e-4 * 0.9)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4 * 0.8)
