@@ -31,13 +31,14 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from agentrl.errors import ConfigError
+from agentrl.errors import AgentRLError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,26 @@ def read_checkpoint(checkpoint: str | Path) -> tuple[LoopState, dict[str, Any]]:
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{path} is not an agentrl checkpoint (expected 'loop', 'trainer' and 'rng' as save_checkpoint writes them): {e!r}") from e
     return state, trainer_state
+
+
+def restore_checkpoint(checkpoint: str | Path, load_trainer_state: Callable[[dict[str, Any]], None]) -> LoopState:
+    """Read ``checkpoint`` (see :func:`read_checkpoint`), hand its trainer state to
+    ``load_trainer_state`` (a trainer's ``load_state_dict``) and return the loop state. Blocking.
+
+    Raises:
+        ConfigError: as :func:`read_checkpoint`; or the trainer state does not fit the trainer
+            (written for another model or ``--train-backend``), naming ``--load``.
+    """
+    state, trainer_state = read_checkpoint(checkpoint)
+    try:
+        load_trainer_state(trainer_state)
+    except AgentRLError:
+        raise
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"--load {checkpoint}: its trainer state does not fit this run's model (was it written for another "
+                          f"--hf-checkpoint or --train-backend?): {type(e).__name__}: {first}") from e
+    return state
 
 
 def load_checkpoint(root: str | Path) -> tuple[LoopState, dict[str, Any]]:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agentrl.checkpoint import LoopState, read_checkpoint, save_checkpoint
+from agentrl.checkpoint import LoopState, restore_checkpoint, save_checkpoint
 from agentrl.rollout.manager import RolloutManager
 from agentrl.trainers.base import Trainer
 from agentrl.trainers.build import build_trainer
@@ -44,9 +44,7 @@ class LocalTrainers:
         return await asyncio.to_thread(save_checkpoint, root, state, self.trainer.state_dict())
 
     async def load(self, checkpoint: Path) -> LoopState:
-        state, trainer_state = await asyncio.to_thread(read_checkpoint, checkpoint)
-        self.trainer.load_state_dict(trainer_state)
-        return state
+        return await asyncio.to_thread(restore_checkpoint, checkpoint, self.trainer.load_state_dict)
 
     async def export_hf(self, path: Path) -> None:
         await asyncio.to_thread(self.trainer.save_hf, path)

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed import TCPStore  # type: ignore[attr-defined]  # re-exported from torch._C without __all__
 
-from agentrl.checkpoint import LoopState, read_checkpoint, save_checkpoint
+from agentrl.checkpoint import LoopState, restore_checkpoint, save_checkpoint
 from agentrl.engines.backend import push_config
 from agentrl.engines.launch import Engine, EngineSpec
 from agentrl.engines.pusher import FleetView, WeightPusher
@@ -92,9 +92,7 @@ class TrainerActor:
         return str(await asyncio.to_thread(save_checkpoint, root, state, self._trainer.state_dict()))
 
     async def load(self, checkpoint: str) -> LoopState:
-        state, trainer_state = await asyncio.to_thread(read_checkpoint, checkpoint)
-        self._trainer.load_state_dict(trainer_state)
-        return state
+        return await asyncio.to_thread(restore_checkpoint, checkpoint, self._trainer.load_state_dict)
 
     async def export_hf(self, path: str) -> None:
         await asyncio.to_thread(self._trainer.save_hf, path)

@@ -198,3 +198,14 @@ def test_a_resumed_trainer_takes_this_runs_optimizer_settings_and_keeps_the_sche
     assert group["lr"] == pytest.approx(5e-4 * 0.9) and (group["weight_decay"], group["betas"]) == (0.0, (0.9, 0.95))
     assert resumed.train_rollout(make_sequences(4), num_samples=4)["train/lr"] == pytest.approx(5e-4 * 0.9)
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4 * 0.8)
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_load(tiny_model_dir, tiny_llama_dir, tmp_path):
+    from agentrl.checkpoint import LoopState, restore_checkpoint, save_checkpoint
+    from agentrl.errors import ConfigError
+
+    other = TorchTrainer(tiny_llama_dir, TrainerConfig(bf16=False), LossConfig())  # SmolLM2's vocabulary: another embedding shape
+    checkpoint = save_checkpoint(tmp_path / "checkpoints", LoopState(step=1, data_position={"epoch": 0, "cursor": 0}), other.state_dict())
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False), LossConfig())
+    with pytest.raises(ConfigError, match=rf"--load {checkpoint}: its trainer state does not fit this run's model .*RuntimeError: Error\(s\) in loading"):
+        restore_checkpoint(checkpoint, trainer.load_state_dict)
