@@ -227,6 +227,21 @@ def policy_loss(x: LossInputs, cfg: LossConfig) -> tuple[Tensor, dict[str, Tenso
     return loss, metrics
 
 
+TRAINED_TOKEN_METRICS = ("ppo_kl", "tis", "tis_clipfrac", "train_rollout_logprob_abs_diff")
+"""Metrics that describe the trained tokens rather than add up the loss; see :func:`over_kept`."""
+
+
+def over_kept(metrics: dict[str, float], *, counted: int, kept: int) -> dict[str, float]:
+    """A step's metrics when only ``kept`` of its ``counted`` samples (tokens, with
+    ``--calculate-per-token-loss``) were computed, the rest having zero advantage (nothing to
+    add to the gradient): :data:`TRAINED_TOKEN_METRICS` become means over what was kept, where
+    the loss's weights would make them ``kept / counted`` of that. Both counts are the step's,
+    over every data-parallel rank; the loss terms (``pg_loss``, ``pg_clipfrac``) are unchanged."""
+    if kept in (0, counted):
+        return metrics
+    return {k: v * counted / kept if k.removeprefix("train/") in TRAINED_TOKEN_METRICS else v for k, v in metrics.items()}
+
+
 def _reduce(values: Tensor, weights: Tensor) -> Tensor:
     return (values * weights).sum()
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
 from agentrl.errors import ConfigError, TrainingError
-from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
+from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, over_kept, policy_loss
 from agentrl.trainers.base import non_finite_gradients
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches, optimizer_step_slices
 from agentrl.trainers.fused_kernels import apply_liger_kernel, compile_decoder_layers
@@ -185,6 +185,7 @@ class TorchTrainer:
         for s in sequences:
             trained[position_of[s.sample_index]] += sum(s.loss_mask)
         step_samples, step_tokens = self._all_reduce_counts(len(samples), int(trained.sum()))
+        kept_samples, kept_tokens = step_samples, step_tokens
         sums: dict[str, Tensor] = {}  # on the device: read once after the last micro-batch, so the host never waits mid-step
         tokens = 0
         if not self._needs_every_sequence():  # zero-advantage sequences add nothing to the gradient
@@ -192,6 +193,8 @@ class TorchTrainer:
             sequences = [sequences[i] for i in keep]
             old = [old[i] for i in keep] if old else None
             ref = [ref[i] for i in keep] if ref else None
+            kept = {s.sample_index for s in sequences}
+            kept_samples, kept_tokens = self._all_reduce_counts(len(kept), int(sum(trained[position_of[k]] for k in kept)))
         # Every micro-batch goes to the device before any is computed: a copy from pageable host
         # memory waits for the device's queue, so a copy between micro-batches stalls the host mid-step.
         staged = []
@@ -213,7 +216,9 @@ class TorchTrainer:
         if self.world > 1:
             self._all_reduce_gradients()
         values = torch.stack([v.float() for v in sums.values()]).tolist() if sums else []
-        return {"train/tokens": float(tokens)} | {f"train/{k}": float(v) for k, v in zip(sums, values)}
+        metrics = {"train/tokens": float(tokens)} | {f"train/{k}": float(v) for k, v in zip(sums, values)}
+        per_token = self.config.calculate_per_token_loss
+        return over_kept(metrics, counted=step_tokens if per_token else step_samples, kept=kept_tokens if per_token else kept_samples)
 
     def _needs_every_sequence(self) -> bool:
         """Whether terms besides the advantage-weighted one (KL, entropy) reach every token."""

@@ -209,3 +209,21 @@ def test_a_checkpoint_of_another_model_is_refused_naming_load(tiny_model_dir, ti
     trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False), LossConfig())
     with pytest.raises(ConfigError, match=rf"--load {checkpoint}: its trainer state does not fit this run's model .*RuntimeError: Error\(s\) in loading"):
         restore_checkpoint(checkpoint, trainer.load_state_dict)
+
+
+@pytest.mark.parametrize("per_token", [False, True], ids=["per_sample", "per_token"])
+def test_metrics_of_trained_tokens_are_means_over_the_samples_a_step_kept(tiny_model_dir, per_token):
+    """Zero-advantage samples are left out of the computation: the mismatch metric is the mean over the
+    samples kept (it read kept/all of that), while pg_loss still averages over every sample of the step."""
+    import dataclasses
+
+    trainer = TorchTrainer(tiny_model_dir, TrainerConfig(bf16=False, calculate_per_token_loss=per_token), LossConfig())
+    seqs = make_sequences(8)
+    half_zero = [dataclasses.replace(s, advantages=[0.0] * len(s.advantages)) if s.sample_index < 4 else s for s in seqs]
+    kept = [dataclasses.replace(s, sample_index=s.sample_index - 4) for s in seqs[4:]]
+    mixed = trainer.accumulate_gradients(half_zero)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    alone = trainer.accumulate_gradients(kept)
+    assert mixed["train/train_rollout_logprob_abs_diff"] == pytest.approx(alone["train/train_rollout_logprob_abs_diff"], rel=1e-5)
+    share = sum(sum(s.loss_mask) for s in kept) / sum(sum(s.loss_mask) for s in seqs) if per_token else 4 / 8
+    assert mixed["train/pg_loss"] == pytest.approx(alone["train/pg_loss"] * share, rel=1e-5)

@@ -39,7 +39,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from agentrl.errors import ConfigError
-from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, policy_loss
+from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, over_kept, policy_loss
 from agentrl.trainers.base import non_finite_gradients
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches, optimizer_step_slices
 from agentrl.trainers.fused_kernels import liger_rms_norm
@@ -185,10 +185,12 @@ class MegatronTrainer:
         trained = torch.zeros(len(samples))
         for s in sequences:
             trained[position_of[s.sample_index]] += sum(s.loss_mask)
-        counts = self._all_reduce_counts(len(samples), int(trained.sum()))
+        counts = kept_counts = self._all_reduce_counts(len(samples), int(trained.sum()))
         if not (self.loss.use_kl_loss or self.loss.entropy_coef != 0):  # zero-advantage sequences add nothing to the gradient
             keep = [i for i, s in enumerate(sequences) if any(a != 0 for a in s.advantages)]
             sequences, old, ref = [sequences[i] for i in keep], [old[i] for i in keep] if old else None, [ref[i] for i in keep] if ref else None
+            kept = {s.sample_index for s in sequences}
+            kept_counts = self._all_reduce_counts(len(kept), int(sum(trained[position_of[k]] for k in kept)))
         items, tokens = [], 0
         for indices in self._micro_batches(sequences):
             cpu_batch = collate([sequences[i] for i in indices])
@@ -205,7 +207,8 @@ class MegatronTrainer:
         for out in outputs:
             for k, v in out.items():
                 metrics[f"train/{k}"] += float(v)
-        return self._step_metrics(dict(metrics))
+        which = 1 if self.config.calculate_per_token_loss else 0
+        return over_kept(self._step_metrics(dict(metrics)), counted=counts[which], kept=kept_counts[which])
 
     def apply_gradients(self) -> dict[str, float]:
         """Clip the accumulated gradients, take the AdamW step at this step's learning rate and
