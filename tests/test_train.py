@@ -363,9 +363,12 @@ def test_dumps_checkpoints_plots_and_the_export_run_off_the_event_loop(tiny_llam
 
     threads: dict[str, set[bool]] = {}
 
+    names: dict[str, set[str]] = {}
+
     def recorded(name, fn):
         def wrapper(*args, **kwargs):
             threads.setdefault(name, set()).add(threading.current_thread() is threading.main_thread())
+            names.setdefault(name, set()).add(threading.current_thread().name.split("_")[0])
             return fn(*args, **kwargs)
         return wrapper
 
@@ -378,6 +381,8 @@ def test_dumps_checkpoints_plots_and_the_export_run_off_the_event_loop(tiny_llam
     monkeypatch.setattr(agentrl.engines.backend, "AutoModelForCausalLM", SimpleNamespace(from_pretrained=recorded("engine model", model_class.from_pretrained)))
     train(load_config(args(tiny_llama_dir, data, tmp_path / "run", "--num-rollout", "2", "--train-async")))
     assert threads == {"dump": {False}, "checkpoint": {False}, "plot": {False}, "export": {False}, "task files": {False}, "engine model": {False}}
+    # the trainer's work has a thread of its own: env or tool calls that hang in the default pool cannot starve it
+    assert names["checkpoint"] == names["export"] == names["task files"] == {"agentrl-trainer"}
 
 
 def test_a_failing_train_step_under_train_async_cancels_the_rollout_it_overlapped(tiny_llama_dir, data, tmp_path, monkeypatch):
