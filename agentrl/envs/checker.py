@@ -53,6 +53,9 @@ MALFORMED_ACTIONS: tuple[Action, ...] = (
 BLOCKING_LIMIT_S = 0.25
 """Longest the event loop may stall inside one env call."""
 
+CHECK_TIMEOUT_S = 300.0
+"""Bound on one check, its episodes included: an env call that hangs fails that check."""
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -138,7 +141,9 @@ async def check_env(
 
 async def _run_check(name: str, check: Callable[[], Awaitable[str]]) -> CheckResult:
     try:
-        return CheckResult(name, True, await check())
+        return CheckResult(name, True, await asyncio.wait_for(check(), CHECK_TIMEOUT_S))
+    except TimeoutError:
+        return CheckResult(name, False, f"did not finish within {CHECK_TIMEOUT_S:g} s: an env call hangs")
     except _Failed as e:
         return CheckResult(name, False, str(e))
     except Exception as e:

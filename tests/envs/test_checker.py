@@ -231,3 +231,15 @@ async def test_a_factory_that_raises_is_a_failed_construction_check_not_a_traceb
     assert not report.ok and [(r.name, r.detail) for r in report.results] == [("construction", "env_factory() raised ValueError: topk must be positive")]
     with pytest.raises(EnvCheckError, match="construction"):
         await check_env(factory)
+
+
+async def test_a_hanging_env_fails_each_check_within_its_bound(monkeypatch):
+    import agentrl.envs.checker
+
+    class Hangs(TagSearchEnv):
+        async def step(self, action):
+            await asyncio.sleep(3600)
+
+    monkeypatch.setattr(agentrl.envs.checker, "CHECK_TIMEOUT_S", 0.5)
+    report = await asyncio.wait_for(check_env(Hangs, tasks=[Task("Capital of France?", "Paris")], raise_on_failure=False), 60)
+    assert not report.ok and any(r.detail == "did not finish within 0.5 s: an env call hangs" for r in report.results)
