@@ -173,9 +173,12 @@ class EngineFleet:
         return self.router.url if self.router else None
 
     def raise_if_failed(self) -> None:
-        """Raise :class:`FleetError` if the monitor failed (router exited, every engine dropped, an
-        event hook raised). The failure also cancels the task that started the fleet, but where
-        that task has ended (a Ray actor's call), callers learn of it only here."""
+        """Raise :class:`FleetError` if the fleet failed: the router has exited (checked now, not
+        at the monitor's next poll), or the monitor failed (every engine dropped, an event hook
+        raised). The failure also cancels the task that started the fleet, but where that task
+        has ended (a Ray actor's call), callers learn of it only here."""
+        if self._failure is None and self.state is FleetState.RUNNING and self.router is not None and not self.router.alive:
+            self._failure = self._router_exited()
         if self._failure is not None:
             raise FleetError(f"the engine fleet failed: {self._failure}") from self._failure
 
@@ -345,7 +348,11 @@ class EngineFleet:
         assert self.router is not None and self.router.process is not None
         while self.router.alive:  # noqa: ASYNC110 - polls a process's exit, which no event reports
             await asyncio.sleep(self.config.interval_s)
-        raise FleetError(f"sglang-router exited with status {self.router.process.returncode}\n{self.router.process.describe()}")
+        raise self._router_exited()
+
+    def _router_exited(self) -> FleetError:
+        assert self.router is not None and self.router.process is not None
+        return FleetError(f"sglang-router exited with status {self.router.process.returncode}\n{self.router.process.describe()}")
 
     async def _emit(self, event: FleetEvent) -> None:
         log.warning("%s (%s) %s: %s", event.engine, event.url, event.kind, event.reason)
