@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
-from agentrl.errors import ConfigError, TrainingError
+from agentrl.errors import ConfigError
 from agentrl.trainers.algorithms import LossConfig, LossInputs, loss_weights, over_kept, policy_loss
 from agentrl.trainers.base import non_finite_gradients
 from agentrl.trainers.batching import MicroBatch, TrainSequence, collate, micro_batches, optimizer_step_slices
@@ -233,7 +233,7 @@ class TorchTrainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad or float("inf"))
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(non_finite_gradients(self.scheduler.last_epoch, float(grad_norm)))
+            raise non_finite_gradients(self.scheduler.last_epoch, float(grad_norm))
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()

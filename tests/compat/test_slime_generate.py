@@ -6,7 +6,6 @@ token against what the generate function built."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
@@ -66,10 +65,8 @@ def data(tmp_path):
 
 @pytest.fixture
 def plugin_dir(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield tmp_path
-    for name in ("slime_multi_turn", "slime_fan_out", "slime_broken"):
-        sys.modules.pop(name, None)
+    monkeypatch.syspath_prepend(str(tmp_path))  # tests/conftest.py forgets the modules written here afterwards
+    return tmp_path
 
 
 def dumped(out, step=1):
